@@ -1,0 +1,156 @@
+"""Capsule layers for Keras (2.2.4 and 3): squash, Length, Mask, PrimaryCap, CapsuleLayer.
+
+Dynamic routing follows Procedure 1 of Sabour, Frosst & Hinton, "Dynamic Routing Between
+Capsules" (NIPS 2017). Every tensor op goes through `compat`, so the same code runs on
+keras 2.2.4 / TF 1.x and on Keras 3 with the TensorFlow, JAX or PyTorch backend.
+"""
+import compat as C
+from compat import layers
+
+# Inside the square roots: keeps value and gradient finite at the zero vector while staying
+# far below the squared lengths of capsules at initialisation (~1e-15): the usual 1e-7
+# swamps them, the gradients vanish and training sits at chance for hundreds of steps.
+EPSILON = 1e-20
+
+
+def squash(vectors, axis=-1):
+    """Non-linear squashing: v = |s|^2 / (1 + |s|^2) * s / |s|.
+
+    vectors: [..., dim] -> same shape, each vector's length in [0, 1). Finite value and
+    gradient at s = 0 because |s| is computed as sqrt(|s|^2 + EPSILON).
+    """
+    squared_norm = C.reduce_sum(C.square(vectors), axis=axis, keepdims=True)
+    scale = squared_norm / (1 + squared_norm) / C.sqrt(squared_norm + EPSILON)
+    return scale * vectors
+
+
+class Squash(layers.Layer):
+    """Layer form of `squash` over the last axis: [batch, num_capsule, dim] -> same."""
+
+    def call(self, inputs, **kwargs):
+        return squash(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class Length(layers.Layer):
+    """Capsule lengths as class scores: [batch, num_capsule, dim] -> [batch, num_capsule]."""
+
+    def call(self, inputs, **kwargs):
+        return C.sqrt(C.reduce_sum(C.square(inputs), -1) + EPSILON)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+
+class Mask(layers.Layer):
+    """Zeroes all capsules but one and flattens, for the decoder.
+
+    inputs: capsules [batch, num_capsule, dim], or [capsules, y] with y one-hot
+    [batch, num_capsule] (training: mask by the true label). Without y the longest capsule
+    is kept (prediction). Output: [batch, num_capsule * dim].
+    """
+
+    def call(self, inputs, **kwargs):
+        if isinstance(inputs, (list, tuple)):
+            capsules, mask = inputs
+        else:
+            capsules = inputs
+            lengths = C.sqrt(C.reduce_sum(C.square(capsules), -1))
+            mask = C.one_hot(C.argmax(lengths, 1), C.int_shape(capsules)[1])
+        shape = C.int_shape(capsules)
+        masked = capsules * C.expand_dims(C.cast(mask, capsules.dtype), -1)
+        return C.reshape(masked, (-1, shape[1] * shape[2]))
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape[0] if isinstance(input_shape, list) else input_shape
+        return (shape[0], shape[1] * shape[2])
+
+
+class CapsuleLayer(layers.Layer):
+    """Fully connected capsule layer with dynamic routing (Procedure 1).
+
+    inputs: [batch, input_num_capsule, input_dim_capsule]
+    output: [batch, num_capsule, dim_capsule]
+    W: [num_capsule, input_num_capsule, dim_capsule, input_dim_capsule], one matrix per
+    (output, input) capsule pair, Glorot uniform over the whole tensor as in the reference
+    implementation (small: initial lengths ~1e-4, hence the tiny EPSILON).
+    """
+
+    def __init__(self, num_capsule, dim_capsule, routings=3, **kwargs):
+        super(CapsuleLayer, self).__init__(**kwargs)
+        if int(routings) < 1:
+            raise ValueError('routings must be >= 1, got %r' % (routings,))
+        self.num_capsule = int(num_capsule)
+        self.dim_capsule = int(dim_capsule)
+        self.routings = int(routings)
+
+    def build(self, input_shape):
+        self.input_num_capsule = int(input_shape[1])
+        self.input_dim_capsule = int(input_shape[2])
+        self.W = self.add_weight(
+            name='W',
+            shape=(self.num_capsule, self.input_num_capsule, self.dim_capsule,
+                   self.input_dim_capsule),
+            initializer='glorot_uniform')
+        super(CapsuleLayer, self).build(input_shape)
+
+    def predictions(self, inputs):
+        """Prediction vectors u_hat[j|i] = W[j, i] u[i]: [batch, num_capsule, in_num, dim].
+
+        One batched matmul over the input-capsule axis, no tiling of the inputs.
+        """
+        n_in, d_in = self.input_num_capsule, self.input_dim_capsule
+        n_out, d_out = self.num_capsule, self.dim_capsule
+        u = C.transpose(inputs, (1, 0, 2))                       # [in_num, batch, d_in]
+        w = C.reshape(C.transpose(self.W, (1, 3, 0, 2)), (n_in, d_in, n_out * d_out))
+        u_hat = C.batch_dot(u, w, (2, 1))                        # [in_num, batch, out*d_out]
+        u_hat = C.reshape(u_hat, (n_in, -1, n_out, d_out))
+        return C.transpose(u_hat, (1, 2, 0, 3))
+
+    def route(self, u_hat):
+        """Procedure 1 on u_hat [batch, num_capsule, in_num, dim] -> v [batch, num_capsule, dim].
+
+        b starts at 0; c = softmax(b) over the output-capsule axis; s = sum_i c u_hat;
+        v = squash(s); b += u_hat . v between iterations.
+        """
+        n_in, n_out, d_out = self.input_num_capsule, self.num_capsule, self.dim_capsule
+        u_hat_rows = C.reshape(u_hat, (-1, n_in, d_out))          # [batch*out, in_num, dim]
+        b = C.zeros_like(u_hat[:, :, :, 0])                       # [batch, out, in_num]
+        for i in range(self.routings):
+            c = C.softmax(b, axis=1)
+            s = C.batch_dot(C.reshape(c, (-1, 1, n_in)), u_hat_rows, (2, 1))
+            v = squash(C.reshape(s, (-1, n_out, d_out)))
+            if i < self.routings - 1:
+                agreement = C.batch_dot(u_hat_rows, C.reshape(v, (-1, d_out, 1)), (2, 1))
+                b = b + C.reshape(agreement, (-1, n_out, n_in))
+        return v
+
+    def call(self, inputs, training=None):
+        return self.route(self.predictions(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsule, self.dim_capsule)
+
+    def get_config(self):
+        config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule,
+                  'routings': self.routings}
+        base = super(CapsuleLayer, self).get_config()
+        return dict(list(base.items()) + list(config.items()))
+
+
+def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
+    """Primary capsules: one Conv2D of dim_capsule*n_channels filters, reshaped and squashed.
+
+    inputs: [batch, H, W, C] -> [batch, H' * W' * n_channels, dim_capsule]
+    """
+    output = layers.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
+                           strides=strides, padding=padding,
+                           name='primarycap_conv2d')(inputs)
+    outputs = layers.Reshape(target_shape=(-1, dim_capsule), name='primarycap_reshape')(output)
+    return Squash(name='primarycap_squash')(outputs)
+
+
+CUSTOM_OBJECTS = {'Squash': Squash, 'Length': Length, 'Mask': Mask,
+                  'CapsuleLayer': CapsuleLayer}

@@ -1,0 +1,347 @@
+"""The one seam between this repo and the Keras version / backend it runs on.
+
+Every other file imports Keras, tensor ops and weight-file I/O from here, so the
+differences between keras==2.2.4 (TensorFlow 1.x graph mode) and Keras 3
+(TensorFlow, JAX or PyTorch backend) live in this file only.
+
+What differs, and how it is settled here:
+- tensor ops: keras.backend (2.2.4) vs keras.ops (3): thin wrappers with one signature.
+- batch_dot: 2.2.4 and Keras >= 2.3 disagree for rank > 3 operands (XifengGuo/CapsNet-Keras
+  #104); both agree on rank-3 batched matrix products, the only form used here.
+- weights files: Keras 3 refuses save_weights('x.h5'); we write and read the legacy Keras
+  HDF5 weights layout with h5py on every stack (see save_weights_h5 / load_weights_h5).
+- training on a generator: fit_generator (2.2.4) vs fit (3).
+"""
+import os
+
+import numpy as np
+
+import keras
+
+KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
+KERAS3 = KERAS_VERSION >= (3, 0)
+
+from keras import layers, models, optimizers, callbacks, initializers  # noqa: E402
+
+if KERAS3:
+    from keras import ops as _ops
+    BACKEND = keras.backend.backend()
+else:
+    from keras import backend as _K
+    BACKEND = _K.backend()
+
+Layer = layers.Layer
+Sequence = keras.utils.Sequence if not KERAS3 else keras.utils.PyDataset
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, flag, data): printed as one line, no traceback."""
+
+
+# ---------------------------------------------------------------- tensor ops
+# One signature each, whichever Keras is underneath.
+if KERAS3:
+    def reduce_sum(x, axis=None, keepdims=False):
+        return _ops.sum(x, axis=axis, keepdims=keepdims)
+
+    def reduce_mean(x, axis=None, keepdims=False):
+        return _ops.mean(x, axis=axis, keepdims=keepdims)
+
+    sqrt, square, exp, maximum, relu = _ops.sqrt, _ops.square, _ops.exp, _ops.maximum, _ops.relu
+    reshape, expand_dims, zeros_like, cast = _ops.reshape, _ops.expand_dims, _ops.zeros_like, _ops.cast
+    argmax, equal, one_hot = _ops.argmax, _ops.equal, _ops.one_hot
+
+    def transpose(x, perm):
+        return _ops.transpose(x, perm)
+
+    def softmax(x, axis=-1):
+        return _ops.softmax(x, axis=axis)
+
+    def matmul(x, y):
+        return _ops.matmul(x, y)
+
+    def floatx():
+        return keras.backend.floatx()
+else:
+    def reduce_sum(x, axis=None, keepdims=False):
+        return _K.sum(x, axis=axis, keepdims=keepdims)
+
+    def reduce_mean(x, axis=None, keepdims=False):
+        return _K.mean(x, axis=axis, keepdims=keepdims)
+
+    sqrt, square, exp, maximum, relu = _K.sqrt, _K.square, _K.exp, _K.maximum, _K.relu
+    reshape, expand_dims, zeros_like, cast = _K.reshape, _K.expand_dims, _K.zeros_like, _K.cast
+    argmax, equal, one_hot = _K.argmax, _K.equal, _K.one_hot
+    transpose, softmax = _K.permute_dimensions, _K.softmax
+
+    def matmul(x, y):
+        return _K.batch_dot(x, y, axes=[x.shape.ndims - 1, y.shape.ndims - 2])
+
+    floatx = _K.floatx
+
+
+def batch_dot(x, y, axes):
+    """Batched matrix product of rank-3 tensors, same result on every Keras.
+
+    x: [batch, n, k] (or [batch, k, n] for axes[0] == 1), y: [batch, k, m] (or [batch, m, k]
+    for axes[1] == 2) -> [batch, n, m]. keras 2.2.4's K.batch_dot and the semantics of
+    Keras >= 2.3 agree for rank-3 operands, which is why routing is written in this form.
+    """
+    ax, ay = axes
+    if not KERAS3:
+        return _K.batch_dot(x, y, axes=[ax, ay])
+    if ax == 1:
+        x = _ops.transpose(x, (0, 2, 1))
+    if ay == 2:
+        y = _ops.transpose(y, (0, 2, 1))
+    return _ops.matmul(x, y)
+
+
+def int_shape(x):
+    """Static shape of a tensor as a tuple (None for unknown dims)."""
+    if KERAS3:
+        return tuple(x.shape)
+    return _K.int_shape(x)
+
+
+def to_numpy(x):
+    """Backend tensor (or numpy array) -> numpy array."""
+    if KERAS3:
+        return keras.ops.convert_to_numpy(x)
+    return _K.eval(x) if not isinstance(x, np.ndarray) else x
+
+
+def evaluate(fn, *arrays):
+    """fn applied to numpy arrays as backend tensors -> numpy result."""
+    if KERAS3:
+        return to_numpy(fn(*[keras.ops.convert_to_tensor(a) for a in arrays]))
+    return _K.eval(fn(*[_K.constant(a) for a in arrays]))
+
+
+def gradient_of_sum(fn, array):
+    """d sum(fn(x)) / dx at x = array, as numpy: used to check finite gradients."""
+    array = np.asarray(array, dtype='float32')
+    if not KERAS3:
+        x = _K.constant(array)
+        return _K.eval(_K.gradients(_K.sum(fn(x)), [x])[0])
+    if BACKEND == 'tensorflow':
+        import tensorflow as tf
+        x = tf.constant(array)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x))
+        return tape.gradient(total, x).numpy()
+    if BACKEND == 'jax':
+        import jax
+        return np.asarray(jax.grad(lambda x: fn(x).sum())(array))
+    if BACKEND == 'torch':
+        import torch
+        x = torch.tensor(array, requires_grad=True)
+        fn(x).sum().backward()
+        return x.grad.numpy()
+    raise NotImplementedError('gradients on backend %s' % BACKEND)
+
+
+# ---------------------------------------------------------------- model helpers
+def adam(learning_rate):
+    """Adam with the given learning rate (2.2.4 calls it lr, Keras 3 learning_rate)."""
+    if KERAS3:
+        return optimizers.Adam(learning_rate=learning_rate)
+    return optimizers.Adam(lr=learning_rate)
+
+
+def set_learning_rate(model, value):
+    """Sets the optimizer's learning rate in place."""
+    if KERAS3:
+        model.optimizer.learning_rate.assign(value)
+    else:
+        _K.set_value(model.optimizer.lr, value)
+
+
+def get_learning_rate(model):
+    if KERAS3:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    return float(_K.get_value(model.optimizer.lr))
+
+
+def dense_sequential(units, activations, input_dim, name):
+    """A Sequential stack of Dense layers taking vectors of size input_dim."""
+    stack = models.Sequential(name=name)
+    if KERAS3:
+        stack.add(keras.Input(shape=(int(input_dim),)))
+        for n, act in zip(units, activations):
+            stack.add(layers.Dense(int(n), activation=act))
+    else:
+        for i, (n, act) in enumerate(zip(units, activations)):
+            extra = {'input_dim': int(input_dim)} if i == 0 else {}
+            stack.add(layers.Dense(int(n), activation=act, **extra))
+    return stack
+
+
+def fit(model, train_data, epochs, validation_data=None, callbacks_list=None, initial_epoch=0,
+        verbose=1):
+    """Trains on a keras Sequence / PyDataset of ((inputs), (targets)) batches."""
+    kwargs = dict(epochs=epochs, validation_data=validation_data, callbacks=callbacks_list,
+                  initial_epoch=initial_epoch, verbose=verbose)
+    if KERAS3:
+        return model.fit(train_data, **kwargs)
+    return model.fit_generator(train_data, steps_per_epoch=len(train_data), **kwargs)
+
+
+def pack_batch(inputs, targets):
+    """One generator batch: Keras 3 wants tuples, keras 2.2.4 lists, of the input/target arrays."""
+    if KERAS3:
+        return tuple(inputs), tuple(targets)
+    return list(inputs), list(targets)
+
+
+def tensorboard(log_dir, batch_size):
+    """TensorBoard callback with weight histograms."""
+    if KERAS3:
+        return callbacks.TensorBoard(log_dir=log_dir, histogram_freq=1)
+    return callbacks.TensorBoard(log_dir=log_dir, batch_size=batch_size, histogram_freq=1)
+
+
+def clear_session():
+    keras.backend.clear_session()
+
+
+def set_seed(seed):
+    """Seeds Python, NumPy and the backend's random generators."""
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    if KERAS3:
+        keras.utils.set_random_seed(seed)
+    else:
+        import tensorflow as tf
+        tf.set_random_seed(seed)
+
+
+# ---------------------------------------------------------------- weights files
+def _layers_with_weights(model):
+    """[(name, [sublayer names], [arrays])] in topological order, nested models flattened
+    one level as Keras 2.x writes them (the nested model's group holds its sublayers' weights)."""
+    out = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        out.append((layer, weights))
+    return out
+
+
+def _weight_names(layer):
+    """'<owner>/<var>:0' names as Keras 2.x writes them, for a layer or a nested model."""
+    names = []
+    owners = layer.layers if hasattr(layer, 'layers') else [layer]
+    for owner in owners:
+        for w in owner.weights:
+            short = w.name.split('/')[-1].split(':')[0]
+            names.append('%s/%s:0' % (owner.name, short))
+    return names
+
+
+def atomic_path(path):
+    """Temporary name beside path; os.replace(tmp, path) then swaps it in atomically."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, '.%s.tmp-%d' % (base, os.getpid()))
+
+
+def save_weights_h5(model, path):
+    """Writes the model's weights in the legacy Keras HDF5 layout, atomically.
+
+    Layout (what keras 2.2.4 save_weights writes and every Keras reads): root attrs
+    keras_version, backend, layer_names; one group per layer with attr weight_names and
+    datasets /<layer>/<owner>/<var>:0. Written to a temp file then renamed, so a crash
+    leaves the previous file whole.
+    """
+    import h5py
+    tmp = atomic_path(path)
+    try:
+        with h5py.File(tmp, 'w') as f:
+            f.attrs['keras_version'] = np.bytes_(keras.__version__)
+            f.attrs['backend'] = np.bytes_(BACKEND)
+            f.attrs['layer_names'] = [np.bytes_(layer.name) for layer in model.layers]
+            for layer in model.layers:
+                group = f.create_group(layer.name)
+                weights = layer.get_weights()
+                names = _weight_names(layer) if weights else []
+                group.attrs['weight_names'] = [np.bytes_(n) for n in names]
+                for name, value in zip(names, weights):
+                    group.create_dataset(name, data=value)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError('cannot write weights file %s: %s' % (path, e.strerror or e))
+
+
+def _decode(value):
+    return value.decode('utf8') if isinstance(value, bytes) else str(value)
+
+
+def _read_legacy_groups(f):
+    """{layer name: [arrays]} from a legacy-layout file (weights-only or full-model)."""
+    root = f['model_weights'] if 'model_weights' in f else f
+    out = {}
+    for lname in [_decode(n) for n in root.attrs['layer_names']]:
+        group = root[lname]
+        names = [_decode(n) for n in group.attrs.get('weight_names', [])]
+        out[lname] = [np.asarray(group[n]) for n in names]
+    return out
+
+
+def _read_keras3_groups(f, model):
+    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<name>/vars/<i>)."""
+    out = {}
+    root = f['layers'] if 'layers' in f else f
+    for layer in model.layers:
+        if layer.name not in root:
+            continue
+        group = root[layer.name]
+        arrays = []
+        if 'vars' in group:
+            arrays = [np.asarray(group['vars'][str(i)]) for i in range(len(group['vars']))]
+        if 'layers' in group:  # nested model
+            for sub in group['layers']:
+                vars_ = group['layers'][sub].get('vars', {})
+                arrays += [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
+        out[layer.name] = arrays
+    return out
+
+
+def load_weights_h5(model, path):
+    """Loads weights by layer name from a legacy-layout or Keras 3 .h5 file.
+
+    Never deserializes a model (no Lambda, no pickle): arrays only. Raises UserError naming
+    the first missing or mismatching layer and both shapes.
+    """
+    import h5py
+    if not os.path.isfile(path):
+        raise UserError('weights file not found: %s' % path)
+    try:
+        f = h5py.File(path, 'r')
+    except OSError:
+        raise UserError('not a readable HDF5 weights file (truncated or corrupt?): %s' % path)
+    with f:
+        try:
+            if 'layer_names' in f.attrs or 'model_weights' in f:
+                stored = _read_legacy_groups(f)
+            else:
+                stored = _read_keras3_groups(f, model)
+        except (KeyError, OSError, ValueError) as e:
+            raise UserError('weights file %s is damaged or not a Keras weights file (%s)' % (path, e))
+    for layer, current in _layers_with_weights(model):
+        if layer.name not in stored:
+            raise UserError('weights file %s has no layer %r (another architecture?)'
+                            % (path, layer.name))
+        arrays = stored[layer.name]
+        if len(arrays) != len(current):
+            raise UserError('layer %r: model has %d weights, file %s has %d'
+                            % (layer.name, len(current), path, len(arrays)))
+        for cur, new in zip(current, arrays):
+            if cur.shape != new.shape:
+                raise UserError('layer %r: model expects weight shape %s, file %s has %s'
+                                % (layer.name, cur.shape, path, new.shape))
+        layer.set_weights(arrays)

@@ -1,0 +1,110 @@
+"""MNIST idx loading (both naming styles, gz or raw), shifts, image grids, log plots."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from compat import UserError
+import utils
+
+
+def write_idx(path, array, magic=None, gz=False, cut=0):
+    array = np.asarray(array, dtype='uint8')
+    magic = magic if magic is not None else 0x800 + array.ndim
+    data = struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape) + array.tobytes()
+    data = data[:len(data) - cut]
+    opener = gzip.open if gz else open
+    with opener(path, 'wb') as f:
+        f.write(data)
+
+
+def fake_mnist(folder, n_train=20, n_test=10, gz=True, style=0, **overrides):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.RandomState(0)
+    arrays = {'train_images': rng.randint(0, 256, (n_train, 28, 28)),
+              'train_labels': rng.randint(0, 10, n_train),
+              'test_images': rng.randint(0, 256, (n_test, 28, 28)),
+              'test_labels': rng.randint(0, 10, n_test)}
+    for key, array in arrays.items():
+        name = utils.MNIST_FILES[key][style] + ('.gz' if gz else '')
+        kwargs = overrides.get(key, {})
+        write_idx(os.path.join(folder, name), kwargs.pop('array', array), gz=gz, **kwargs)
+    return arrays
+
+
+@pytest.mark.parametrize('gz,style', [(True, 0), (False, 0), (False, 1), (True, 1)])
+def test_load_mnist_formats(tmp_path, gz, style):
+    arrays = fake_mnist(str(tmp_path), gz=gz, style=style)
+    (x, y), (xt, yt) = utils.load_mnist(str(tmp_path))
+    assert x.shape == (20, 28, 28, 1) and x.dtype == np.float32 and xt.shape == (10, 28, 28, 1)
+    assert 0 <= x.min() and x.max() <= 1
+    np.testing.assert_allclose(x[..., 0] * 255, arrays['train_images'], atol=1e-3)
+    assert y.shape == (20, 10) and (y.argmax(1) == arrays['train_labels']).all()
+
+
+def test_vendored_mnist_is_the_real_one():
+    (x, y), (xt, yt) = utils.load_mnist()
+    assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)
+    assert y.sum(0).min() > 5000 and list(yt[:5].argmax(1)) == [7, 2, 1, 0, 4]
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'train_images': {'magic': 0x0801}}, 'magic'),
+    ({'train_images': {'cut': 500}}, 'truncated'),
+    ({'test_labels': {'array': np.zeros(9)}}, '10 images but 9 labels'),
+    ({'train_images': {'array': np.zeros((20, 28, 27))}}, 'shape'),
+    ({'train_labels': {'cut': 10 ** 6}}, 'empty or truncated'),
+])
+def test_bad_idx_files_raise_clear_errors(tmp_path, override, message):
+    fake_mnist(str(tmp_path), gz=False, **override)
+    with pytest.raises(UserError) as err:
+        utils.load_mnist(str(tmp_path))
+    assert message in str(err.value)
+
+
+def test_corrupt_gzip_and_missing_files(tmp_path):
+    fake_mnist(str(tmp_path))
+    with open(str(tmp_path / 'train-images-idx3-ubyte.gz'), 'wb') as f:
+        f.write(b'not gzip at all')
+    with pytest.raises(UserError, match='cannot read'):
+        utils.load_mnist(str(tmp_path))
+    os.remove(str(tmp_path / 'train-images-idx3-ubyte.gz'))
+    with pytest.raises(UserError, match='missing'):
+        utils.load_mnist(str(tmp_path))
+
+
+def test_random_shift_keeps_content_and_bounds():
+    rng = np.random.RandomState(0)
+    images = np.zeros((50, 28, 28, 1), dtype='float32')
+    images[:, 10:18, 10:18] = 1
+    shifted = utils.random_shift(images, 2, rng)
+    assert shifted.shape == images.shape
+    assert np.all(shifted.sum(axis=(1, 2, 3)) == 64)       # nothing falls off the canvas
+    rows = np.where(shifted[:, :, :, 0].any(2))
+    offsets = {r - 10 for r in rows[1][np.r_[True, np.diff(rows[0]) > 0]]}
+    assert offsets <= set(range(-2, 3)) and len(offsets) > 1
+
+
+def test_combine_images_layout():
+    images = np.arange(6 * 2 * 2).reshape(6, 2, 2, 1).astype('float32')
+    grid = utils.combine_images(images, width=3)
+    assert grid.shape == (4, 6)
+    np.testing.assert_array_equal(grid[2:4, 0:2], images[3, :, :, 0])
+
+
+def test_plot_log_one_and_several(tmp_path):
+    for name, acc in [('a', [0.9, 0.95]), ('b', [0.8, 0.99])]:
+        with open(str(tmp_path / (name + '.csv')), 'w') as f:
+            f.write('epoch,capsnet_accuracy,loss,val_capsnet_accuracy,val_loss\n')
+            for e, a in enumerate(acc):
+                f.write('%d,%f,%f,%f,%f\n' % (e, a, 1 - a, a, 1 - a))
+    out = str(tmp_path / 'one.png')
+    utils.plot_log(str(tmp_path / 'a.csv'), out)
+    assert os.path.getsize(out) > 5000
+    out2 = str(tmp_path / 'two.png')
+    assert utils.main(['plot', str(tmp_path / 'a.csv'), str(tmp_path / 'b.csv'), '--out', out2]) == 0
+    assert os.path.getsize(out2) > 5000
+    with pytest.raises(UserError):
+        utils.plot_log(str(tmp_path / 'missing.csv'), out)

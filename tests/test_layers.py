@@ -1,0 +1,116 @@
+"""Capsule math against hand values and a NumPy reference of Procedure 1."""
+import numpy as np
+import pytest
+
+import compat as C
+import capsulelayers as CL
+from capsulenet import margin_loss
+
+
+def np_squash(s, axis=-1):
+    sq = np.sum(s ** 2, axis=axis, keepdims=True)
+    return sq / (1 + sq) * s / np.sqrt(sq + CL.EPSILON)
+
+
+def np_softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_routing(u, W, routings):
+    """Procedure 1 written out: u [B, I, Din], W [J, I, Dout, Din] -> v [B, J, Dout]."""
+    u_hat = np.einsum('jiod,bid->bjio', W, u)
+    b = np.zeros(u_hat.shape[:3])
+    for r in range(routings):
+        c = np_softmax(b, axis=1)                       # over output capsules j
+        s = np.einsum('bji,bjio->bjo', c, u_hat)
+        v = np_squash(s)
+        if r < routings - 1:
+            b = b + np.einsum('bjio,bjo->bji', u_hat, v)
+    return v
+
+
+def test_squash_hand_values():
+    s = np.array([[3., 4.], [0., 0.], [0.1, 0.]], dtype='float32')
+    v = C.evaluate(CL.squash, s)
+    np.testing.assert_allclose(v[0], 25. / 26. * np.array([0.6, 0.8]), rtol=1e-6)
+    np.testing.assert_allclose(v[1], [0., 0.], atol=0)
+    np.testing.assert_allclose(v[2], [0.01 / 1.01, 0.], rtol=1e-5)
+
+
+def test_length_hand_values():
+    caps = np.array([[[3., 4.], [0., 0.]]], dtype='float32')
+    lengths = C.evaluate(lambda x: CL.Length()(x), caps)
+    np.testing.assert_allclose(lengths, [[5., 0.]], atol=1e-6)
+
+
+@pytest.mark.parametrize('fn', [CL.squash, lambda x: CL.Length()(x)], ids=['squash', 'Length'])
+def test_gradient_finite_at_zero_vector(fn):
+    x = np.zeros((2, 3, 8), dtype='float32')
+    grad = C.gradient_of_sum(fn, x)
+    assert np.all(np.isfinite(grad))
+
+
+def test_length_gradient_does_not_vanish_for_tiny_capsules():
+    # initial digit capsules are ~1e-7 long: d|v|/dv must stay a unit vector there
+    x = np.full((1, 1, 16), 2.5e-8, dtype='float32')
+    grad = C.gradient_of_sum(lambda t: CL.Length()(t), x)
+    np.testing.assert_allclose(np.linalg.norm(grad), 1.0, rtol=1e-3)
+
+
+def test_margin_loss_hand_values():
+    y_true = np.array([[1., 0., 0.], [0., 1., 0.]], dtype='float32')
+    y_pred = np.array([[0.8, 0.3, 0.05], [0.95, 0.5, 0.2]], dtype='float32')
+    # sample 1: (0.9-0.8)^2 + 0.5*(0.3-0.1)^2 = 0.01 + 0.02 = 0.03
+    # sample 2: 0.5*(0.95-0.1)^2 + 0.5*(0.2-0.1)^2 + (0.9-0.5)^2 = 0.36125 + 0.005 + 0.16
+    loss = C.evaluate(margin_loss, y_true, y_pred)
+    np.testing.assert_allclose(loss, [0.03, 0.52625], rtol=1e-5)
+
+
+@pytest.mark.parametrize('routings', [1, 2, 3])
+def test_capsule_layer_matches_numpy_procedure1(routings):
+    rng = np.random.RandomState(routings)
+    u = rng.normal(size=(4, 12, 8)).astype('float32') * 0.5
+    layer = CL.CapsuleLayer(num_capsule=5, dim_capsule=6, routings=routings)
+    v = C.evaluate(layer, u)          # builds the layer on first call
+    W = rng.normal(size=(5, 12, 6, 8)).astype('float32') * 0.3
+    layer.set_weights([W])
+    v = C.evaluate(layer, u)
+    np.testing.assert_allclose(v, np_routing(u.astype('float64'), W.astype('float64'), routings),
+                               atol=1e-5)
+
+
+def test_batch_dot_rank3_forms():
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(3, 4, 5)).astype('float32')
+    y = rng.normal(size=(3, 5, 6)).astype('float32')
+    np.testing.assert_allclose(C.evaluate(lambda a, b: C.batch_dot(a, b, (2, 1)), x, y),
+                               np.einsum('bnk,bkm->bnm', x, y), rtol=1e-5, atol=1e-5)
+    xt = np.transpose(x, (0, 2, 1)).copy()
+    yt = np.transpose(y, (0, 2, 1)).copy()
+    np.testing.assert_allclose(C.evaluate(lambda a, b: C.batch_dot(a, b, (1, 2)), xt, yt),
+                               np.einsum('bnk,bkm->bnm', x, y), rtol=1e-5, atol=1e-5)
+
+
+def test_mask_by_label_and_by_longest():
+    caps = np.zeros((2, 3, 2), dtype='float32')
+    caps[0, 1] = [1., 1.]
+    caps[0, 2] = [0.1, 0.]
+    caps[1, 0] = [0.5, 0.]
+    caps[1, 2] = [0., 0.9]
+    longest = C.evaluate(lambda c: CL.Mask()(c), caps)
+    np.testing.assert_allclose(longest, [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0.9]])
+    label = np.array([[0, 0, 1], [1, 0, 0]], dtype='float32')
+    by_label = C.evaluate(lambda c, y: CL.Mask()([c, y]), caps, label)
+    np.testing.assert_allclose(by_label, [[0, 0, 0, 0, 0.1, 0], [0.5, 0, 0, 0, 0, 0]])
+
+
+def test_routings_must_be_positive():
+    with pytest.raises(ValueError):
+        CL.CapsuleLayer(10, 16, routings=0)
+
+
+def test_capsule_layer_config_round_trip():
+    layer = CL.CapsuleLayer(10, 16, routings=2, name='digitcaps')
+    clone = CL.CapsuleLayer.from_config(layer.get_config())
+    assert (clone.num_capsule, clone.dim_capsule, clone.routings, clone.name) == (10, 16, 2, 'digitcaps')

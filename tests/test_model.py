@@ -1,0 +1,90 @@
+"""The CapsNet graph: parameter count, layer names, masking, one training step, weights I/O."""
+import numpy as np
+import pytest
+
+import compat as C
+from capsulenet import CapsNet, compile_model
+
+SMALL = dict(conv1_filters=16, primary_channels=4, primary_dim=4, digit_dim=8,
+             decoder_units=(32, 64))
+
+
+@pytest.fixture(scope='module')
+def paper_models():
+    C.clear_session()
+    return CapsNet((28, 28, 1), 10, 3)
+
+
+def test_paper_parameter_count(paper_models):
+    assert paper_models[0].count_params() == 8215568
+
+
+def test_layer_names_follow_capsnet_keras(paper_models):
+    names = [layer.name for layer in paper_models[0].layers]
+    for name in ['conv1', 'primarycap_conv2d', 'primarycap_reshape', 'primarycap_squash',
+                 'digitcaps', 'capsnet', 'mask', 'decoder']:
+        assert name in names
+    decoder = paper_models[0].get_layer('decoder')
+    assert [l.__class__.__name__ for l in decoder.layers] == ['Dense', 'Dense', 'Dense', 'Reshape']
+    assert C.int_shape(paper_models[0].get_layer('digitcaps').output)[1:] == (10, 16)
+    assert C.int_shape(paper_models[0].get_layer('primarycap_squash').output)[1:] == (1152, 8)
+
+
+def test_eval_model_reconstructs_from_longest_capsule():
+    C.clear_session()
+    train_model, eval_model, manipulate_model = CapsNet((28, 28, 1), 10, 2, **SMALL)
+    rng = np.random.RandomState(0)
+    x = rng.rand(6, 28, 28, 1).astype('float32')
+    lengths, recon = eval_model.predict(x, verbose=0)
+    y_longest = np.eye(10, dtype='float32')[lengths.argmax(1)]
+    zero = np.zeros((6, 10, 8), dtype='float32')
+    recon_longest = manipulate_model.predict([x, y_longest, zero], verbose=0)
+    np.testing.assert_allclose(recon, recon_longest, atol=1e-5)
+    _, recon_by_label = train_model.predict([x, y_longest], verbose=0)
+    np.testing.assert_allclose(recon, recon_by_label, atol=1e-5)
+
+
+def test_one_training_step_lowers_the_loss():
+    C.clear_session()
+    C.set_seed(0)
+    model, _, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
+    compile_model(model, 1e-3, 0.392)
+    rng = np.random.RandomState(0)
+    x = rng.rand(16, 28, 28, 1).astype('float32')
+    y = np.eye(10, dtype='float32')[rng.randint(0, 10, 16)]
+    before = model.evaluate([x, y], [y, x], verbose=0)[0]
+    for _ in range(3):
+        model.train_on_batch([x, y], [y, x])
+    after = model.evaluate([x, y], [y, x], verbose=0)[0]
+    assert after < before
+
+
+def test_weights_round_trip_through_legacy_h5(tmp_path):
+    C.clear_session()
+    model, eval_model, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
+    x = np.random.RandomState(1).rand(3, 28, 28, 1).astype('float32')
+    expected = eval_model.predict(x, verbose=0)
+    path = str(tmp_path / 'trained_model.h5')
+    C.save_weights_h5(model, path)
+    C.clear_session()
+    model2, eval2, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
+    C.load_weights_h5(model2, path)
+    got = eval2.predict(x, verbose=0)
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    import h5py
+    with h5py.File(path, 'r') as f:
+        assert 'layer_names' in f.attrs and 'keras_version' in f.attrs
+        assert 'digitcaps/W:0' in [n.decode() for n in f['digitcaps'].attrs['weight_names']]
+
+
+def test_loading_other_architecture_names_layer_and_shapes(tmp_path):
+    C.clear_session()
+    model, _, _ = CapsNet((28, 28, 1), 5, 3, **SMALL)
+    path = str(tmp_path / 'five.h5')
+    C.save_weights_h5(model, path)
+    C.clear_session()
+    model10, _, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
+    with pytest.raises(C.UserError) as err:
+        C.load_weights_h5(model10, path)
+    assert 'digitcaps' in str(err.value) and '(10, ' in str(err.value) and '(5, ' in str(err.value)

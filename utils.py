@@ -1,0 +1,240 @@
+"""Data loading, augmentation and plots for the CapsNet CLI.
+
+    python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
+"""
+import argparse
+import gzip
+import os
+import struct
+import sys
+
+import numpy as np
+
+from compat import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MNIST_DIR = os.path.join(HERE, 'data', 'mnist')
+
+# idx magic numbers: 0x0000 + type code 0x08 (ubyte) + number of dims
+IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}
+MNIST_FILES = {
+    'train_images': ('train-images-idx3-ubyte', 'train-images.idx3-ubyte'),
+    'train_labels': ('train-labels-idx1-ubyte', 'train-labels.idx1-ubyte'),
+    'test_images': ('t10k-images-idx3-ubyte', 't10k-images.idx3-ubyte'),
+    'test_labels': ('t10k-labels-idx1-ubyte', 't10k-labels.idx1-ubyte'),
+}
+
+
+# ---------------------------------------------------------------- MNIST
+def _find_idx(data_dir, names):
+    for name in names:
+        for suffix in ('.gz', ''):
+            path = os.path.join(data_dir, name + suffix)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def _read_bytes(path):
+    try:
+        if path.endswith('.gz'):
+            with gzip.open(path, 'rb') as f:
+                return f.read()
+        with open(path, 'rb') as f:
+            return f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError('cannot read %s: %s (corrupt or truncated gzip?)' % (path, e))
+
+
+def read_idx(path, ndim):
+    """Reads one idx file (gzipped or raw) with idx2numpy after checking its header.
+
+    ndim 3: images [N, rows, cols] uint8; ndim 1: labels [N] uint8.
+    """
+    import idx2numpy
+    data = _read_bytes(path)
+    if len(data) < 4 + 4 * ndim:
+        raise UserError('%s is empty or truncated (%d bytes)' % (path, len(data)))
+    magic = struct.unpack('>I', data[:4])[0]
+    if magic != IDX_MAGIC[ndim]:
+        raise UserError('%s: wrong idx magic number 0x%08x (expected 0x%08x for %d-D ubyte data)'
+                        % (path, magic, IDX_MAGIC[ndim], ndim))
+    dims = struct.unpack('>%dI' % ndim, data[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise UserError('%s is truncated or has trailing data: header says %s (%d bytes), file has %d'
+                        % (path, 'x'.join(map(str, dims)), expected, len(data)))
+    return idx2numpy.convert_from_string(data)
+
+
+def _mnist_from_keras():
+    """Fallback when no idx files are on disk: keras's downloader (needs the network)."""
+    from compat import keras
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as e:  # network errors come in many types
+        raise UserError('no MNIST idx files found and the download failed (%s); '
+                        'put the four idx files in data/mnist/ or pass --data_dir' % e)
+    return x_train, y_train, x_test, y_test
+
+
+def load_mnist(data_dir=None, image_size=28):
+    """MNIST as ((x_train, y_train), (x_test, y_test)).
+
+    x: float32 [N, 28, 28, 1] in [0, 1]; y: one-hot float32 [N, 10]. Reads the idx files
+    (gzipped or raw, both naming styles) in data_dir (default data/mnist/ in the repo);
+    falls back to keras.datasets.mnist when that folder holds none of them.
+    """
+    directory = data_dir or DEFAULT_MNIST_DIR
+    paths = {k: _find_idx(directory, v) for k, v in MNIST_FILES.items()}
+    if not any(paths.values()) and data_dir is None:
+        arrays = _mnist_from_keras()
+    else:
+        missing = [MNIST_FILES[k][0] for k, p in paths.items() if p is None]
+        if missing:
+            raise UserError('MNIST files missing in %s: %s' % (directory, ', '.join(missing)))
+        arrays = (read_idx(paths['train_images'], 3), read_idx(paths['train_labels'], 1),
+                  read_idx(paths['test_images'], 3), read_idx(paths['test_labels'], 1))
+    x_train, y_train, x_test, y_test = arrays
+    return (_prepare(x_train, y_train, 'train', image_size),
+            _prepare(x_test, y_test, 'test', image_size))
+
+
+def _prepare(images, labels, split, image_size):
+    if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
+        raise UserError('MNIST %s images have shape %s, expected [N, %d, %d]'
+                        % (split, images.shape, image_size, image_size))
+    if len(images) != len(labels):
+        raise UserError('MNIST %s: %d images but %d labels' % (split, len(images), len(labels)))
+    if labels.size and labels.max() > 9:
+        raise UserError('MNIST %s labels go up to %d, expected 0..9' % (split, labels.max()))
+    x = images.reshape(-1, image_size, image_size, 1).astype('float32') / 255.
+    return x, to_categorical(labels, 10)
+
+
+def to_categorical(labels, n_class):
+    """Integer labels [N] -> one-hot float32 [N, n_class]."""
+    return np.eye(n_class, dtype='float32')[np.asarray(labels, dtype='int64')]
+
+
+# ---------------------------------------------------------------- augmentation
+def random_shift(images, max_shift, rng):
+    """Shifts each image by a random integer offset in [-max_shift, max_shift]^2, zero fill.
+
+    images: [batch, H, W, C] -> same shape (the paper's "shifted by up to 2 pixels").
+    """
+    if max_shift <= 0:
+        return images
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+    dy, dx = rng.randint(0, 2 * max_shift + 1, size=(2, n))
+    out = np.empty_like(images)
+    for i in range(n):
+        out[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    return out
+
+
+# ---------------------------------------------------------------- plots
+def combine_images(generated_images, height=None, width=None):
+    """Tiles images [N, H, W] or [N, H, W, 1] into one [rows*H, cols*W] array."""
+    images = np.asarray(generated_images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    num = images.shape[0]
+    if width is None and height is None:
+        width = int(np.ceil(np.sqrt(num)))
+        height = int(np.ceil(float(num) / width))
+    elif width is None:
+        width = int(np.ceil(float(num) / height))
+    elif height is None:
+        height = int(np.ceil(float(num) / width))
+    h, w = images.shape[1:3]
+    grid = np.zeros((height * h, width * w), dtype=images.dtype)
+    for index, img in enumerate(images):
+        i, j = divmod(index, width)
+        grid[i * h:(i + 1) * h, j * w:(j + 1) * w] = img
+    return grid
+
+
+def save_image(array, path):
+    """Saves a 2-D array in [0, 1] as a grayscale PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    plt.imsave(path, np.clip(array, 0, 1), cmap='gray', vmin=0, vmax=1)
+
+
+def _metric_columns(frame):
+    loss = [c for c in frame.columns if c.endswith('loss')]
+    acc = [c for c in frame.columns if c.endswith('acc') or c.endswith('accuracy')]
+    return loss, acc
+
+
+def plot_log(csv_paths, out_path=None, show=False):
+    """Plots loss and accuracy curves of one or several Keras CSVLogger files.
+
+    One file: every loss column and every accuracy column against epoch. Several files:
+    the validation accuracy (or accuracy) and total loss of each, labelled by file name.
+    """
+    import matplotlib
+    if not show:
+        matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    if isinstance(csv_paths, str):
+        csv_paths = [csv_paths]
+    frames = []
+    for path in csv_paths:
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as e:
+            raise UserError('cannot read training log %s: %s' % (path, e))
+        if 'epoch' not in frame.columns:
+            raise UserError('%s is not a Keras CSVLogger file (no epoch column)' % path)
+        frames.append((os.path.splitext(os.path.basename(path))[0], frame))
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(6, 8))
+    for label, frame in frames:
+        epochs = frame['epoch'] + 1
+        losses, accs = _metric_columns(frame)
+        if len(frames) > 1:
+            losses = [c for c in ('loss', 'val_loss') if c in frame.columns][:1]
+            accs = [c for c in accs if c.startswith('val_')][:1] or accs[:1]
+        for col in losses:
+            ax_loss.plot(epochs, frame[col], label=col if len(frames) == 1 else label)
+        for col in accs:
+            ax_acc.plot(epochs, frame[col], label=col if len(frames) == 1 else label + ' ' + col)
+    ax_loss.set_title('Loss')
+    ax_loss.set_xlabel('epoch')
+    ax_loss.legend()
+    ax_acc.set_title('Accuracy')
+    ax_acc.set_xlabel('epoch')
+    ax_acc.legend(loc='lower right')
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path)
+    if show:
+        plt.show()
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Plots for CapsNet training logs.')
+    sub = parser.add_subparsers(dest='command')
+    plot = sub.add_parser('plot', help='plot one or several Keras CSVLogger log files')
+    plot.add_argument('csv', nargs='+', help='log.csv files (Keras CSVLogger format)')
+    plot.add_argument('--out', default='result/log.png', help='PNG file to write')
+    args = parser.parse_args(argv)
+    if args.command != 'plot':
+        parser.print_help()
+        return 2
+    try:
+        plot_log(args.csv, args.out)
+    except UserError as e:
+        print('error: %s' % e, file=sys.stderr)
+        return 2
+    print('wrote %s' % args.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
