@@ -224,6 +224,8 @@ def _bounded(kind, low=None, high=None, low_open=False):
 
 def build_parser():
     p = OneLineParser(description='Capsule Network on MNIST (train, test, manipulate).')
+    p.add_argument('--model', default='capsnet', choices=sorted(MODELS), help='which network')
+    p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS), help='which data')
     p.add_argument('--epochs', default=50, type=_bounded(int, 1), help='training epochs')
     p.add_argument('--batch_size', default=100, type=_bounded(int, 1), help='images per step')
     p.add_argument('--lr', default=0.001, type=_bounded(float, 0, low_open=True),
@@ -269,6 +271,23 @@ def architecture(args):
                 digit_dim=args.digit_dim)
 
 
+def capsnet_from_args(args, input_shape, n_class):
+    """The paper's CapsNet sized by the architecture flags: (train, eval, manipulate) models."""
+    return CapsNet(input_shape, n_class=n_class, routings=args.routings, **architecture(args))
+
+
+def mnist_from_args(args):
+    """MNIST from --data_dir, cut to --train_samples / --test_samples."""
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(args.data_dir)
+    return ((x_train[:args.train_samples], y_train[:args.train_samples]),
+            (x_test[:args.test_samples], y_test[:args.test_samples]))
+
+
+# --model and --dataset choices: name -> builder(args, input_shape, n_class) / loader(args)
+MODELS = {'capsnet': capsnet_from_args}
+DATASETS = {'mnist': mnist_from_args}
+
+
 def prepare_save_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
@@ -282,13 +301,10 @@ def run(args):
     prepare_save_dir(args.save_dir)
     if args.seed is not None:
         C.set_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(args.data_dir)
-    x_train, y_train = x_train[:args.train_samples], y_train[:args.train_samples]
-    x_test, y_test = x_test[:args.test_samples], y_test[:args.test_samples]
+    (x_train, y_train), (x_test, y_test) = DATASETS[args.dataset](args)
     try:
-        model, eval_model, manipulate_model = CapsNet(
-            x_train.shape[1:], n_class=y_train.shape[1], routings=args.routings,
-            **architecture(args))
+        model, eval_model, manipulate_model = MODELS[args.model](
+            args, x_train.shape[1:], y_train.shape[1])
     except ValueError as e:
         raise UserError('cannot build this architecture: %s' % e)
     model.summary()

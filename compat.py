@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-import keras
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ start-up chatter
+import keras  # noqa: E402
 
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
 KERAS3 = KERAS_VERSION >= (3, 0)
