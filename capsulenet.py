@@ -11,6 +11,7 @@ pick it with KERAS_BACKEND). Outputs go to --save_dir (default ./result).
 """
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -252,6 +253,10 @@ def build_parser():
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
     p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--reproduce', default=None, choices=['table1'],
+                   help="train the paper's Table 1 configurations (routings 1/2/3, with and "
+                        "without reconstruction) in turn under <save_dir>/table1/ (resumable) "
+                        "and print paper vs ours")
     arch = p.add_argument_group('architecture (defaults: the paper)')
     arch.add_argument('--conv1_filters', default=256, type=_bounded(int, 1))
     arch.add_argument('--conv1_kernel', default=9, type=_bounded(int, 1))
@@ -321,10 +326,59 @@ def run(args):
         test(eval_model, (x_test, y_test), args)
 
 
+# ---------------------------------------------------------------- reproduction
+# Sabour et al. 2017, Table 1 (plus routing 2, the seed repo's setting): name, routings, lam_recon
+TABLE1_CONFIGS = [('capsnet_r1_norecon', 1, 0.0), ('capsnet_r1_recon', 1, 0.392),
+                  ('capsnet_r2_recon', 2, 0.392), ('capsnet_r3_norecon', 3, 0.0),
+                  ('capsnet_r3_recon', 3, 0.392)]
+
+
+def _finished(config_dir, epochs):
+    log = os.path.join(config_dir, 'log.csv')
+    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
+        return False
+    with open(log) as f:
+        return sum(1 for _ in f) - 1 >= epochs
+
+
+def reproduce_table1(args):
+    """Trains the Table 1 configurations in turn under <save_dir>/table1/<config>/.
+
+    A configuration already trained for --epochs is skipped, so re-running the command
+    after an interruption picks up at the first unfinished one. Copies each log.csv to
+    <save_dir>/table1/<config>_<E>ep.csv, then writes table1.md (paper vs ours, printed too)
+    and table1.png (test error and loss curves).
+    """
+    root = os.path.join(args.save_dir, 'table1')
+    prepare_save_dir(root)
+    logs = []
+    for name, routings, lam_recon in TABLE1_CONFIGS:
+        config_dir = os.path.join(root, name)
+        if _finished(config_dir, args.epochs):
+            print('== %s: already trained for %d epochs, skipped' % (name, args.epochs))
+        else:
+            print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
+            config = argparse.Namespace(**vars(args))
+            config.routings, config.lam_recon, config.save_dir = routings, lam_recon, config_dir
+            C.clear_session()
+            run(config)
+        logs.append(os.path.join(root, '%s_%dep.csv' % (name, args.epochs)))
+        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
+    table = utils.results_table(logs)
+    with open(os.path.join(root, 'table1.md'), 'w') as f:
+        f.write(table + '\n')
+    utils.plot_log(logs, os.path.join(root, 'table1.png'))
+    print(table)
+    print('Table and curves saved to %s (table1.md, table1.png)' % root)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        if args.reproduce == 'table1':
+            reproduce_table1(args)
+        else:
+            run(args)
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2

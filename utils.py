@@ -1,6 +1,7 @@
 """Data loading, augmentation and plots for the CapsNet CLI.
 
     python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
+    python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
 """
 import argparse
 import gzip
@@ -170,16 +171,8 @@ def _metric_columns(frame):
     return loss, acc
 
 
-def plot_log(csv_paths, out_path=None, show=False):
-    """Plots loss and accuracy curves of one or several Keras CSVLogger files.
-
-    One file: every loss column and every accuracy column against epoch. Several files:
-    the validation accuracy (or accuracy) and total loss of each, labelled by file name.
-    """
-    import matplotlib
-    if not show:
-        matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def read_logs(csv_paths):
+    """[(name, DataFrame)] for Keras CSVLogger files; name is the file name without .csv."""
     import pandas as pd
     if isinstance(csv_paths, str):
         csv_paths = [csv_paths]
@@ -189,26 +182,52 @@ def plot_log(csv_paths, out_path=None, show=False):
             frame = pd.read_csv(path)
         except (OSError, ValueError) as e:
             raise UserError('cannot read training log %s: %s' % (path, e))
-        if 'epoch' not in frame.columns:
-            raise UserError('%s is not a Keras CSVLogger file (no epoch column)' % path)
+        if 'epoch' not in frame.columns or frame.empty:
+            raise UserError('%s is not a Keras CSVLogger file with rows (no epoch column)' % path)
         frames.append((os.path.splitext(os.path.basename(path))[0], frame))
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(6, 8))
+    return frames
+
+
+def _test_accuracy_column(frame):
+    _, accs = _metric_columns(frame)
+    return ([c for c in accs if c.startswith('val_')] or accs or [None])[0]
+
+
+def plot_log(csv_paths, out_path=None, show=False):
+    """Plots the curves of one or several Keras CSVLogger files.
+
+    One file: every loss column and every accuracy column against epoch. Several files
+    (a comparison): each file's test error (100 - validation accuracy, %, log scale) and its
+    training loss, labelled by file name.
+    """
+    import matplotlib
+    if not show:
+        matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    frames = read_logs(csv_paths)
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 8))
     for label, frame in frames:
         epochs = frame['epoch'] + 1
         losses, accs = _metric_columns(frame)
-        if len(frames) > 1:
-            losses = [c for c in ('loss', 'val_loss') if c in frame.columns][:1]
-            accs = [c for c in accs if c.startswith('val_')][:1] or accs[:1]
-        for col in losses:
-            ax_loss.plot(epochs, frame[col], label=col if len(frames) == 1 else label)
-        for col in accs:
-            ax_acc.plot(epochs, frame[col], label=col if len(frames) == 1 else label + ' ' + col)
-    ax_loss.set_title('Loss')
-    ax_loss.set_xlabel('epoch')
-    ax_loss.legend()
-    ax_acc.set_title('Accuracy')
-    ax_acc.set_xlabel('epoch')
-    ax_acc.legend(loc='lower right')
+        if len(frames) == 1:
+            for col in losses:
+                ax_loss.plot(epochs, frame[col], label=col)
+            for col in accs:
+                ax_acc.plot(epochs, frame[col], label=col)
+            continue
+        if 'loss' in frame.columns:
+            ax_loss.plot(epochs, frame['loss'], marker='.', label=label)
+        col = _test_accuracy_column(frame)
+        if col:
+            ax_acc.plot(epochs, 100 * (1 - frame[col]), marker='.', label=label)
+    ax_loss.set_title('Training loss' if len(frames) > 1 else 'Loss')
+    ax_acc.set_title('Test error (%)' if len(frames) > 1 else 'Accuracy')
+    if len(frames) > 1:
+        ax_acc.set_yscale('log')
+        ax_loss.set_yscale('log')
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel('epoch')
+        ax.legend(fontsize='small')
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path)
@@ -217,22 +236,58 @@ def plot_log(csv_paths, out_path=None, show=False):
     plt.close(fig)
 
 
+# Sabour et al. 2017, Table 1: MNIST test error % (mean ± std of 3 trials), by log name
+PAPER_TABLE1 = {
+    'capsnet_r1_norecon': ('CapsNet, routing 1, no reconstruction', '0.34 ± 0.032'),
+    'capsnet_r1_recon': ('CapsNet, routing 1, reconstruction', '0.29 ± 0.011'),
+    'capsnet_r2_recon': ('CapsNet, routing 2, reconstruction', '–'),
+    'capsnet_r3_norecon': ('CapsNet, routing 3, no reconstruction', '0.35 ± 0.036'),
+    'capsnet_r3_recon': ('CapsNet, routing 3, reconstruction', '0.25 ± 0.005'),
+}
+
+
+def results_table(csv_paths):
+    """Markdown table: configuration | paper test error | ours | epochs, from CSV logs.
+
+    'ours' is 100 - the last epoch's validation accuracy (the CLI validates on the test
+    set), so each number is traceable to its CSV. Logs named <config>_<anything>.csv match
+    the Table 1 configuration <config>; other names are listed with the paper column '–'.
+    """
+    lines = ['| configuration | paper test error % | ours % | epochs | log |',
+             '|---|---|---|---|---|']
+    for name, frame in read_logs(csv_paths):
+        key = next((k for k in sorted(PAPER_TABLE1, key=len, reverse=True)
+                    if name == k or name.startswith(k + '_')), None)
+        config, paper = PAPER_TABLE1.get(key, (name, '–'))
+        col = _test_accuracy_column(frame)
+        ours = '%.2f' % (100 * (1 - frame[col].iloc[-1])) if col else '–'
+        lines.append('| %s | %s | %s | %d | %s.csv |' % (config, paper, ours, len(frame), name))
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Plots for CapsNet training logs.')
     sub = parser.add_subparsers(dest='command')
     plot = sub.add_parser('plot', help='plot one or several Keras CSVLogger log files')
     plot.add_argument('csv', nargs='+', help='log.csv files (Keras CSVLogger format)')
     plot.add_argument('--out', default='result/log.png', help='PNG file to write')
+    table = sub.add_parser('table', help="markdown table of final test errors beside the "
+                                         "paper's Table 1, from CSV logs")
+    table.add_argument('csv', nargs='+', help='log files named <config>[_suffix].csv, e.g. '
+                                              'capsnet_r3_recon_50ep.csv')
     args = parser.parse_args(argv)
-    if args.command != 'plot':
-        parser.print_help()
-        return 2
     try:
-        plot_log(args.csv, args.out)
+        if args.command == 'plot':
+            plot_log(args.csv, args.out)
+            print('wrote %s' % args.out)
+        elif args.command == 'table':
+            print(results_table(args.csv))
+        else:
+            parser.print_help()
+            return 2
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
-    print('wrote %s' % args.out)
     return 0
 
 
