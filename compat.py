@@ -98,6 +98,26 @@ def batch_dot(x, y, axes):
     return _ops.matmul(x, y)
 
 
+def einsum(equation, *operands):
+    """Einstein summation (keras 2.2.4 has none in keras.backend: TensorFlow's)."""
+    if KERAS3:
+        return _ops.einsum(equation, *operands)
+    return _K.tf.einsum(equation, *operands)
+
+
+def map_fn(fn, elems):
+    """fn applied to each slice elems[i] along axis 0, stacked (a per-sample loop)."""
+    if KERAS3:
+        return _ops.map(fn, elems)
+    return _K.map_fn(fn, elems)
+
+
+def tile(x, multiples):
+    if KERAS3:
+        return _ops.tile(x, multiples)
+    return _K.tile(x, multiples)
+
+
 def int_shape(x):
     """Static shape of a tensor as a tuple (None for unknown dims)."""
     if KERAS3:

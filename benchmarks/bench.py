@@ -1,0 +1,174 @@
+"""Training / inference speed and memory of the models, per Keras backend.
+
+    python benchmarks/bench.py                                 # CapsNet, routings 1/2/3, this backend
+    python benchmarks/bench.py --backends tensorflow,torch,jax --compare
+    python benchmarks/bench.py --steps 2 --warmup 1 --routings 3 --batch_size 8   # smoke test
+
+Each configuration runs in its own process (clean peak RSS, one backend per process) and
+prints one JSON line; the parent prints a markdown table. Figures are medians over --steps
+timed steps after --warmup untimed ones, on random inputs of MNIST shape.
+--compare also times the seed's routing (per-sample map_fn over inputs tiled once per output
+capsule, then batch_dot) on the same weights, and checks that both give the same capsules.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ---------------------------------------------------------------- worker (one config)
+def naive_capsule_layer_class():
+    """CapsuleLayer with û and routing written the way the seed repo does it."""
+    import compat as C
+    from capsulelayers import CapsuleLayer, squash
+
+    class NaiveCapsuleLayer(CapsuleLayer):
+        def predictions(self, inputs):
+            # [batch, out, in_num, d_in]: the inputs copied once per output capsule
+            tiled = C.tile(C.expand_dims(inputs, 1), (1, self.num_capsule, 1, 1))
+            # per sample: keras-2.2.4 batch_dot(x [out,in,d_in], W [out,in,d_out,d_in], [2, 3])
+            return C.map_fn(lambda x: C.einsum('jik,jiok->jio', x, self.W), tiled)
+
+        def route(self, u_hat):
+            b = C.zeros_like(u_hat[:, :, :, 0])
+            for i in range(self.routings):
+                c = C.softmax(b, axis=1)
+                v = squash(C.einsum('bji,bjio->bjo', c, u_hat))
+                if i < self.routings - 1:
+                    b = b + C.einsum('bjo,bjio->bji', v, u_hat)
+            return v
+
+    return NaiveCapsuleLayer
+
+
+def median_seconds(fn, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def compare_routing(routings, batch_size, steps, warmup):
+    """Times ours vs the naive routing layer (forward + backward) on identical weights."""
+    import numpy as np
+    import compat as C
+    from capsulelayers import CapsuleLayer
+    rng = np.random.RandomState(0)
+    u = (rng.normal(size=(batch_size, 1152, 8)) * 0.1).astype('float32')
+    ours = CapsuleLayer(10, 16, routings)
+    naive = naive_capsule_layer_class()(10, 16, routings)
+    C.evaluate(ours, u)
+    C.evaluate(naive, u)
+    naive.set_weights(ours.get_weights())
+    diff = float(np.abs(C.evaluate(ours, u) - C.evaluate(naive, u)).max())
+    out = {'max_abs_diff': diff}
+    for name, layer in [('ours', ours), ('naive', naive)]:
+        out[name + '_ms'] = 1000 * median_seconds(
+            lambda: C.gradient_of_sum(layer, u), steps, warmup)
+    return out
+
+
+def run_worker(args):
+    import numpy as np
+    sys.path.insert(0, ROOT)
+    import compat as C
+    import capsulenet
+    cli = capsulenet.build_parser().parse_args(['--model', args.model, '--routings',
+                                                str(args.routings)])
+    train_model, eval_model, _ = capsulenet.MODELS[args.model](cli, (28, 28, 1), 10)
+    capsulenet.compile_model(train_model, 1e-3, 0.392)
+    rng = np.random.RandomState(0)
+    x = rng.rand(args.batch_size, 28, 28, 1).astype('float32')
+    y = np.eye(10, dtype='float32')[rng.randint(0, 10, args.batch_size)]
+    train_s = median_seconds(lambda: train_model.train_on_batch([x, y], [y, x]),
+                             args.steps, args.warmup)
+    infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
+    result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,
+              'routings': args.routings, 'batch_size': args.batch_size,
+              'train_ms_per_step': round(1000 * train_s, 1),
+              'train_images_per_s': round(args.batch_size / train_s, 1),
+              'infer_images_per_s': round(args.batch_size / infer_s, 1)}
+    if args.compare:
+        result.update({k: round(v, 6 if k == 'max_abs_diff' else 1) for k, v in
+                       compare_routing(args.routings, args.batch_size, args.steps,
+                                       args.warmup).items()})
+    result['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024., 1)
+    print('RESULT ' + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- parent (table)
+COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
+           ('train_ms_per_step', 'train ms/step'), ('train_images_per_s', 'train img/s'),
+           ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
+           ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
+           ('max_abs_diff', 'max |ours-naive|')]
+
+
+def table(results):
+    cols = [(k, t) for k, t in COLUMNS if any(k in r for r in results)]
+    lines = ['| ' + ' | '.join(t for _, t in cols) + ' |', '|' + '---|' * len(cols)]
+    for r in results:
+        lines.append('| ' + ' | '.join(str(r.get(k, '')) for k, _ in cols) + ' |')
+    return '\n'.join(lines)
+
+
+def run_parent(args):
+    results = []
+    for backend in args.backends.split(','):
+        for model in args.models.split(','):
+            for routings in [int(r) for r in args.routings.split(',')]:
+                cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
+                       '--routings', str(routings), '--batch_size', str(args.batch_size),
+                       '--steps', str(args.steps), '--warmup', str(args.warmup)]
+                cmd += ['--compare'] if args.compare else []
+                env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
+                proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, universal_newlines=True)
+                found = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+                if proc.returncode != 0 or not found:
+                    tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+                    print('%s %s r%d failed: %s' % (backend, model, routings, tail), file=sys.stderr)
+                    continue
+                results.append(json.loads(found[-1][len('RESULT '):]))
+                print(json.dumps(results[-1]), flush=True)
+    print(table(results))
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table(results) + '\n')
+    return 0 if results else 1
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description='Speed and memory of CapsNet training/inference.')
+    p.add_argument('--backends', default=os.environ.get('KERAS_BACKEND', 'tensorflow'),
+                   help='comma-separated Keras backends, each run in its own process')
+    p.add_argument('--models', default='capsnet', help='comma-separated --model names')
+    p.add_argument('--routings', default='1,2,3', help='comma-separated routing iterations')
+    p.add_argument('--batch_size', type=int, default=100)
+    p.add_argument('--steps', type=int, default=20, help='timed steps (median reported)')
+    p.add_argument('--warmup', type=int, default=3, help='untimed steps first (compilation)')
+    p.add_argument('--compare', action='store_true',
+                   help="also time the seed's naive routing on the same weights")
+    p.add_argument('--out', default=None, help='also write the markdown table to this file')
+    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--model', default='capsnet', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.routings = int(args.routings)
+        return run_worker(args)
+    return run_parent(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
