@@ -1,0 +1,40 @@
+"""The benchmark script runs (2 steps) and its naive routing agrees with ours."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import compat as C
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import bench  # noqa: E402
+
+
+def test_naive_routing_matches_ours_and_differs_with_other_weights():
+    from capsulelayers import CapsuleLayer
+    rng = np.random.RandomState(0)
+    u = rng.normal(size=(3, 20, 8)).astype('float32')
+    ours = CapsuleLayer(4, 6, 3)
+    naive = bench.naive_capsule_layer_class()(4, 6, 3)
+    C.evaluate(ours, u)
+    C.evaluate(naive, u)
+    naive.set_weights(ours.get_weights())
+    np.testing.assert_allclose(C.evaluate(ours, u), C.evaluate(naive, u), atol=1e-6)
+    naive.set_weights([ours.get_weights()[0] * 1.5])
+    assert np.abs(C.evaluate(ours, u) - C.evaluate(naive, u)).max() > 1e-3
+
+
+def test_bench_prints_a_table():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench.py'),
+                           '--steps', '2', '--warmup', '1', '--routings', '1',
+                           '--batch_size', '4', '--compare',
+                           '--backends', C.BACKEND], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [l for l in proc.stdout.splitlines() if l.startswith('| %s ' % C.BACKEND)]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip('|').split('|')]
+    assert float(cells[3]) > 0 and float(cells[-1]) < 1e-4
