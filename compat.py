@@ -13,6 +13,7 @@ What differs, and how it is settled here:
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
 import os
+import re
 
 import numpy as np
 
@@ -313,21 +314,42 @@ def _read_legacy_groups(f):
     return out
 
 
+def _snake_case(name):
+    """Keras 3's naming of saved layers: 'CapsuleLayer' -> 'capsule_layer', 'Conv2D' -> 'conv2d'."""
+    name = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', re.sub(r'\W+', '', name))
+    return re.sub(r'([a-z])([A-Z])', r'\1_\2', name).lower()
+
+
+def _keras3_group_names(layer_list):
+    """[(layer, group name)] as Keras 3's save_weights names them: by class, not by layer name
+    (the 2nd Conv2D is 'conv2d_1'), in the order of model.layers."""
+    used, out = {}, []
+    for layer in layer_list:
+        key = _snake_case(layer.__class__.__name__)
+        used[key] = used.get(key, -1) + 1
+        out.append((layer, key if used[key] == 0 else '%s_%d' % (key, used[key])))
+    return out
+
+
+def _keras3_arrays(group):
+    """Arrays of one saved layer group (vars/0, vars/1, ...)."""
+    vars_ = group['vars'] if 'vars' in group else {}
+    return [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
+
+
 def _read_keras3_groups(f, model):
-    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<name>/vars/<i>)."""
+    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<class name>/vars/<i>)."""
     out = {}
     root = f['layers'] if 'layers' in f else f
-    for layer in model.layers:
-        if layer.name not in root:
+    for layer, group_name in _keras3_group_names(model.layers):
+        if group_name not in root:
             continue
-        group = root[layer.name]
-        arrays = []
-        if 'vars' in group:
-            arrays = [np.asarray(group['vars'][str(i)]) for i in range(len(group['vars']))]
-        if 'layers' in group:  # nested model
-            for sub in group['layers']:
-                vars_ = group['layers'][sub].get('vars', {})
-                arrays += [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
+        group = root[group_name]
+        arrays = _keras3_arrays(group)
+        if hasattr(layer, 'layers') and 'layers' in group:  # nested model: its sublayers in order
+            for sub, sub_name in _keras3_group_names(layer.layers):
+                if sub_name in group['layers']:
+                    arrays += _keras3_arrays(group['layers'][sub_name])
         out[layer.name] = arrays
     return out
 
