@@ -5,6 +5,7 @@ Usage:
     python capsulenet.py --routings 1 --epochs 10
     python capsulenet.py -t -w result/trained_model.h5            # test
     python capsulenet.py -t -w result/trained_model.h5 --digit 5  # manipulate capsule dims
+    python capsulenet.py --dataset affnist --model cnn   # §5.2: translated MNIST -> affNIST
 
 Runs on keras==2.2.4 (TensorFlow 1.x) and on Keras 3 (TensorFlow, JAX or PyTorch backend;
 pick it with KERAS_BACKEND). Outputs go to --save_dir (default ./result).
