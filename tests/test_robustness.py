@@ -182,6 +182,8 @@ def test_resume_skips_a_damaged_newest_checkpoint(capsys, save_dir, data_dir):
     assert code == 0, err
     assert 'skipping' in out and 'Resuming after epoch 1' in out
     assert log_epochs(save_dir) == [0, 1]
+    # the restored step count went on: 2 steps in epoch 1 + 2 in epoch 2
+    assert int(C.load_arrays_npz(os.path.join(save_dir, 'optimizer-02.npz'))[0]) == 4
 
 
 # ---------------------------------------------------------------- NaN
