@@ -11,10 +11,13 @@ Runs on keras==2.2.4 (TensorFlow 1.x) and on Keras 3 (TensorFlow, JAX or PyTorch
 pick it with KERAS_BACKEND). Outputs go to --save_dir (default ./result).
 """
 import argparse
+import csv
 import os
+import re
 import shutil
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -159,15 +162,42 @@ class ClassifierBatches(C.Sequence):
 
 # ---------------------------------------------------------------- callbacks
 class WeightsCheckpoint(callbacks.Callback):
-    """Writes weights-{epoch:02d}.h5 (legacy Keras HDF5 layout, atomic) after each epoch."""
+    """Writes optimizer-{epoch:02d}.npz (optimizer state) then weights-{epoch:02d}.h5 (legacy
+    Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
+    `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one."""
 
-    def __init__(self, save_dir):
+    def __init__(self, save_dir, nan_guard=None):
         super(WeightsCheckpoint, self).__init__()
         self.save_dir = save_dir
+        self.nan_guard = nan_guard
 
     def on_epoch_end(self, epoch, logs=None):
-        path = os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1))
-        C.save_weights_h5(self.model, path)
+        if self.nan_guard is not None and self.nan_guard.where is not None:
+            return
+        state = C.get_optimizer_state(self.model)
+        if state is not None:
+            C.save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
+        C.save_weights_h5(self.model, os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
+
+
+class NaNGuard(callbacks.TerminateOnNaN):
+    """Keras TerminateOnNaN (stops training on a NaN/Inf loss) that also records where:
+    `where` = (epoch, batch) of the first bad batch, None while the loss is finite."""
+
+    def __init__(self):
+        super(NaNGuard, self).__init__()
+        self.where = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        super(NaNGuard, self).on_batch_end(batch, logs)
+        loss = (logs or {}).get('loss')
+        if self.where is None and loss is not None and not np.all(np.isfinite(loss)):
+            self.where = (self.epoch, batch)
+            self.model.stop_training = True
 
 
 class EpochStats(callbacks.Callback):
@@ -185,28 +215,46 @@ class EpochStats(callbacks.Callback):
 
 
 # ---------------------------------------------------------------- train / test
-def train(model, eval_model, data, args):
-    """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir."""
+def train(model, eval_model, data, args, initial_epoch=0):
+    """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir.
+
+    initial_epoch > 0 (--resume, weights already loaded): the optimizer state saved with that
+    checkpoint is restored where present, the LR schedule continues at that epoch and log.csv
+    (trimmed to the epochs before it) is appended to.
+    """
     (x_train, y_train), (x_test, y_test) = data
     compile_model(model, args.lr, args.lam_recon)
     log_path = os.path.join(args.save_dir, 'log.csv')
+    if initial_epoch > 0:
+        restore_optimizer(model, os.path.join(args.save_dir, 'optimizer-%02d.npz' % initial_epoch))
+        trim_log(log_path, initial_epoch)
+    nan_guard = NaNGuard()
     cbs = [callbacks.LearningRateScheduler(lambda epoch: args.lr * (args.lr_decay ** epoch)),
            EpochStats(),
-           callbacks.CSVLogger(log_path),
-           WeightsCheckpoint(args.save_dir)]
+           nan_guard,
+           callbacks.CSVLogger(log_path, append=initial_epoch > 0),
+           WeightsCheckpoint(args.save_dir, nan_guard)]
     if args.debug:
         cbs.append(C.tensorboard(os.path.join(args.save_dir, 'tensorboard-logs'), args.batch_size))
     cbs += early_stopping_callbacks(model, args)
+    seed = None if args.seed is None else args.seed + initial_epoch
     make_batches = TRAIN_BATCHES.get(getattr(args, 'dataset', 'mnist'))
     if make_batches is not None:
-        batches = make_batches(x_train, y_train, args)
+        batches = make_batches(x_train, y_train, args, seed)
     else:
         max_shift = int(args.shift_fraction * x_train.shape[1])
-        batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=args.seed)
+        batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed)
     validation = ([x_test, y_test], [y_test, x_test])
     if is_classifier(model):
         batches, validation = ClassifierBatches(batches), (x_test, y_test)
-    C.fit(model, batches, epochs=args.epochs, callbacks_list=cbs, validation_data=validation)
+    C.fit(model, batches, epochs=args.epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
+          validation_data=validation)
+    if nan_guard.where is not None:
+        epoch, batch = nan_guard.where
+        last = latest_checkpoint(args.save_dir)
+        raise UserError('loss became NaN/Inf in epoch %d (batch %d); training stopped, '
+                        'trained_model.h5 not written; last good checkpoint: %s'
+                        % (epoch + 1, batch, os.path.basename(last[1]) if last else 'none'))
     weights_path = os.path.join(args.save_dir, 'trained_model.h5')
     C.save_weights_h5(model, weights_path)
     print('Trained model saved to %s' % weights_path)
@@ -305,6 +353,9 @@ def build_parser():
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
     p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--resume', action='store_true',
+                   help='continue training from the newest weights-XX.h5 in --save_dir '
+                        '(epoch, LR schedule and optimizer state), appending to log.csv')
     p.add_argument('--reproduce', default=None, choices=['table1'],
                    help="train the paper's Table 1 configurations (routings 1/2/3, with and "
                         "without reconstruction) in turn under <save_dir>/table1/ (resumable) "
@@ -428,9 +479,9 @@ def early_stopping_callbacks(model, args):
     return cbs
 
 
-def translated_batches(x_train, y_train, args):
+def translated_batches(x_train, y_train, args, seed):
     """--dataset affnist training batches: digits re-placed at random on 40x40 every epoch."""
-    return TranslatedBatches(x_train, y_train, args.batch_size, seed=args.seed)
+    return TranslatedBatches(x_train, y_train, args.batch_size, seed=seed)
 
 
 def affnist_report(eval_model, expanded_acc, args):
@@ -459,7 +510,7 @@ def affnist_report(eval_model, expanded_acc, args):
 
 MODELS['cnn'] = cnn_from_args
 DATASETS['affnist'] = affnist_loader.expanded_mnist
-TRAIN_BATCHES = {'affnist': translated_batches}   # dataset -> batches(x, y, args); default shifts
+TRAIN_BATCHES = {'affnist': translated_batches}   # dataset -> batches(x, y, args, seed); default shifts
 EXTRA_TESTS = {'affnist': affnist_report}         # dataset -> report(eval_model, test_acc, args)
 
 
@@ -473,6 +524,9 @@ def prepare_save_dir(path):
 
 
 def run(args):
+    if args.resume and (args.testing or args.weights is not None):
+        raise UserError('--resume continues training from --save_dir; it cannot be combined '
+                        'with -t or -w')
     prepare_save_dir(args.save_dir)
     if args.seed is not None:
         C.set_seed(args.seed)
@@ -484,10 +538,13 @@ def run(args):
         raise UserError('cannot build this architecture: %s' % e)
     model.summary()
     if args.weights is not None:
-        C.load_weights_h5(model, args.weights)
+        if C.load_weights_h5(model, args.weights) == 'full-model':
+            print('note: %s is a full-model file: loaded its weights only (its model config '
+                  'is ignored, nothing in it is executed)' % args.weights)
         print('Loaded weights from %s' % args.weights)
+    initial_epoch = resume_weights(model, args.save_dir) if args.resume else 0
     if not args.testing:
-        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args)
+        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args, initial_epoch)
         acc = test(eval_model, (x_test, y_test), args)
     else:
         if args.weights is None:
@@ -497,6 +554,84 @@ def run(args):
         acc = test(eval_model, (x_test, y_test), args)
     if getattr(args, 'dataset', 'mnist') in EXTRA_TESTS:
         EXTRA_TESTS[args.dataset](eval_model, acc, args)
+
+
+# ---------------------------------------------------------------- resume
+def checkpoints(save_dir):
+    """[(epoch, path)] of the weights-XX.h5 files in save_dir, newest first."""
+    found = []
+    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
+        match = re.match(r'^weights-(\d+)\.h5$', name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(save_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(save_dir):
+    """(epoch, path) of the newest weights-XX.h5 in save_dir, or None."""
+    found = checkpoints(save_dir)
+    return found[0] if found else None
+
+
+def resume_weights(model, save_dir):
+    """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
+    number of epochs done), 0 when there is none. A damaged newest file is reported and
+    skipped once (the one before it is tried); a second failure is an error."""
+    for tries, (epoch, path) in enumerate(checkpoints(save_dir)):
+        try:
+            C.load_weights_h5(model, path)
+        except UserError as e:
+            if tries > 0:
+                raise
+            print('note: skipping %s: %s' % (path, e))
+            continue
+        print('Resuming after epoch %d from %s' % (epoch, path))
+        return epoch
+    print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
+    return 0
+
+
+def restore_optimizer(model, path):
+    """Loads the optimizer state saved beside a checkpoint; a note (not an error) when it is
+    missing or does not fit, training then goes on with a fresh optimizer."""
+    if not os.path.isfile(path):
+        print('note: %s not found: optimizer state (Adam moments) starts fresh' % path)
+        return
+    try:
+        C.set_optimizer_state(model, C.load_arrays_npz(path))
+    except (UserError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print('note: optimizer state not restored from %s (%s): it starts fresh' % (path, e))
+        return
+    print('Restored optimizer state from %s' % path)
+
+
+def trim_log(log_path, initial_epoch):
+    """Keeps log.csv's header and its rows of epochs < initial_epoch (rewritten atomically),
+    so that appending the resumed epochs gives each epoch exactly once."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    if not lines:
+        return
+    header = next(csv.reader([lines[0]]))
+    if 'epoch' not in header:
+        raise UserError('%s has no epoch column: cannot resume its log' % log_path)
+    column = header.index('epoch')
+    kept = [lines[0]]
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        try:
+            if int(float(row[column])) < initial_epoch:
+                kept.append(line if line.endswith('\n') else line + '\n')
+        except (IndexError, ValueError):
+            continue  # a half-written last row from a crash
+    if len(kept) - 1 != initial_epoch:
+        print('note: %s has %d rows for the %d epochs done' % (log_path, len(kept) - 1, initial_epoch))
+    tmp = C.atomic_path(log_path)
+    with open(tmp, 'w') as f:
+        f.writelines(kept)
+    os.replace(tmp, log_path)
 
 
 # ---------------------------------------------------------------- reproduction
@@ -533,6 +668,7 @@ def reproduce_table1(args):
             print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
             config = argparse.Namespace(**vars(args))
             config.routings, config.lam_recon, config.save_dir = routings, lam_recon, config_dir
+            config.resume = args.weights is None  # picks up mid-configuration after a crash
             C.clear_session()
             run(config)
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, args.epochs)))
@@ -555,6 +691,13 @@ def main(argv=None):
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, ... while writing outputs
+        print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted; continue with --resume (same --save_dir)', file=sys.stderr)
+        return 130
     return 0
 
 
