@@ -435,7 +435,7 @@ class PerturbationViewer(object):
     def noise(self):
         """Slider values on the winning capsule's row: [1, n_class, dim]."""
         noise = np.zeros((1, self.n_class, self.dim), dtype='float32')
-        noise[0, self.label] = [s.val for s in self.sliders]
+        noise[0, self.label] = [round(s.val, 6) for s in self.sliders]  # snapping leaves 1e-17
         return noise
 
     def reconstruction(self):
