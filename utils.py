@@ -9,6 +9,7 @@ import gzip
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def _read_bytes(path):
                 return f.read()
         with open(path, 'rb') as f:
             return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise UserError('cannot read %s: %s (corrupt or truncated gzip?)' % (path, e))
 
 
@@ -106,6 +107,8 @@ def _prepare(images, labels, split, image_size):
     if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
         raise UserError('MNIST %s images have shape %s, expected [N, %d, %d]'
                         % (split, images.shape, image_size, image_size))
+    if len(images) == 0:
+        raise UserError('MNIST %s images: the file holds 0 images' % split)
     if len(images) != len(labels):
         raise UserError('MNIST %s: %d images but %d labels' % (split, len(images), len(labels)))
     if labels.size and labels.max() > 9:
