@@ -23,7 +23,7 @@ import numpy as np
 
 import compat as C
 from compat import layers, models, callbacks, UserError
-from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask
+from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 import affnist_loader
 import utils
 
@@ -71,6 +71,49 @@ def CapsNet(input_shape, n_class, routings, conv1_filters=256, conv1_kernel=9,
     return train_model, eval_model, manipulate_model
 
 
+# ---------------------------------------------------------------- Efficient-CapsNet
+def EfficientCapsNet(input_shape, n_class, conv_filters=(32, 64, 64, 128),
+                     conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 1, 2), primary_kernel=9,
+                     primary_dim=8, digit_dim=16, decoder_units=(512, 1024), bn_momentum=0.99):
+    """Efficient-CapsNet (Mazzia et al. 2021): the same three models as `CapsNet`.
+
+    Conv stack (valid padding, ReLU, each followed by BatchNorm) -> depthwise primary
+    capsules [batch, 16, 8] -> FCCaps self-attention routing [batch, n_class, digit_dim]
+    -> lengths. Decoder (named 'decoder', as in CapsNet) on the masked capsules.
+    Returns (train_model, eval_model, manipulate_model) with CapsNet's inputs and outputs.
+    Defaults: the MNIST network, 161,824 trainable parameters without the decoder.
+    """
+    x = layers.Input(shape=tuple(input_shape))
+    h = x
+    for i, (f, k, st) in enumerate(zip(conv_filters, conv_kernels, conv_strides)):
+        h = layers.Conv2D(int(f), int(k), strides=int(st), padding='valid', activation='relu',
+                          kernel_initializer='he_normal', name='conv%d' % (i + 1))(h)
+        h = layers.BatchNormalization(momentum=bn_momentum, name='bn%d' % (i + 1))(h)
+    primarycaps = EfficientPrimaryCap(h, dim_capsule=primary_dim, kernel_size=primary_kernel)
+    digitcaps = FCCaps(n_class, digit_dim, name='digitcaps')(primarycaps)
+    out_caps = Length(name='capsnet')(digitcaps)
+
+    y = layers.Input(shape=(n_class,))
+    n_pixels = int(np.prod(input_shape))
+    decoder = C.dense_sequential(list(decoder_units) + [n_pixels],
+                                 ['relu'] * len(decoder_units) + ['sigmoid'],
+                                 input_dim=digit_dim * n_class, name='decoder')
+    decoder.add(layers.Reshape(target_shape=tuple(input_shape), name='out_recon'))
+
+    train_model = models.Model([x, y], [out_caps, decoder(Mask(name='mask')([digitcaps, y]))])
+    eval_model = models.Model(x, [out_caps, decoder(Mask(name='mask_longest')(digitcaps))])
+    noise = layers.Input(shape=(n_class, digit_dim))
+    noised = layers.Add()([digitcaps, noise])
+    manipulate_model = models.Model([x, y, noise], decoder(Mask(name='mask_noised')([noised, y])))
+    return train_model, eval_model, manipulate_model
+
+
+def trainable_count(model, exclude=('decoder',)):
+    """Number of trainable parameters in model's layers, leaving out the named ones."""
+    return int(sum(np.prod(C.int_shape(w)) for layer in model.layers
+                   if layer.name not in exclude for w in layer.trainable_weights))
+
+
 def margin_loss(y_true, y_pred):
     """Margin loss (Eq. 4): m+ 0.9, m- 0.1, lambda 0.5, summed over classes.
 
@@ -98,16 +141,19 @@ def compile_model(model, lr, lam_recon):
 
 # ---------------------------------------------------------------- data
 class ShiftedBatches(C.Sequence):
-    """Training batches ([images, labels], [labels, images]) with random shifts.
+    """Training batches ([images, labels], [labels, images]) with random augmentation.
 
-    Reshuffled every epoch; shifts up to max_shift pixels (zero fill), seeded.
+    Reshuffled every epoch, seeded. By default shifts up to max_shift pixels (zero fill);
+    augment(images [batch, H, W, C], rng) -> same shape replaces the shift when given
+    (e.g. utils.efficient_augment).
     """
 
-    def __init__(self, x, y, batch_size, max_shift, seed=None):
+    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None):
         super(ShiftedBatches, self).__init__()
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.max_shift = max_shift
+        self.augment_fn = augment
         self.rng = np.random.RandomState(seed)
         self.order = self.rng.permutation(len(x))
 
@@ -121,7 +167,9 @@ class ShiftedBatches(C.Sequence):
         return C.pack_batch([x, y], [y, x])
 
     def augment(self, x):
-        """[batch, H, W, C] -> the same images, randomly shifted."""
+        """[batch, H, W, C] -> the same images, randomly shifted (or augment_fn(x, rng))."""
+        if self.augment_fn is not None:
+            return self.augment_fn(x, self.rng)
         return utils.random_shift(x, self.max_shift, self.rng)
 
     def on_epoch_end(self):
@@ -215,6 +263,11 @@ class EpochStats(callbacks.Callback):
 
 
 # ---------------------------------------------------------------- train / test
+def scheduled_lr(args, epoch):
+    """Learning rate of epoch (from 0): max(lr_min, lr * lr_decay^epoch)."""
+    return max(getattr(args, 'lr_min', None) or 0., args.lr * (args.lr_decay ** epoch))
+
+
 def train(model, eval_model, data, args, initial_epoch=0):
     """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir.
 
@@ -229,7 +282,7 @@ def train(model, eval_model, data, args, initial_epoch=0):
         restore_optimizer(model, os.path.join(args.save_dir, 'optimizer-%02d.npz' % initial_epoch))
         trim_log(log_path, initial_epoch)
     nan_guard = NaNGuard()
-    cbs = [callbacks.LearningRateScheduler(lambda epoch: args.lr * (args.lr_decay ** epoch)),
+    cbs = [callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(args, epoch)),
            EpochStats(),
            nan_guard,
            callbacks.CSVLogger(log_path, append=initial_epoch > 0),
@@ -243,7 +296,9 @@ def train(model, eval_model, data, args, initial_epoch=0):
         batches = make_batches(x_train, y_train, args, seed)
     else:
         max_shift = int(args.shift_fraction * x_train.shape[1])
-        batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed)
+        augment = utils.efficient_augment if getattr(args, 'augment', None) == 'efficient' else None
+        batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed,
+                                 augment=augment)
     validation = ([x_test, y_test], [y_test, x_test])
     if is_classifier(model):
         batches, validation = ClassifierBatches(batches), (x_test, y_test)
@@ -309,6 +364,27 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, 'error: %s\n' % message)
 
 
+# Training recipe per --model: used for each of these flags the user did not set.
+RECIPES = {
+    'capsnet': dict(epochs=50, batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0.,
+                    augment='shift'),
+    'efficient': dict(epochs=150, batch_size=16, lr=5e-4, lr_decay=0.97, lr_min=5e-5,
+                      augment='efficient'),
+}
+
+
+class RecipeParser(OneLineParser):
+    """OneLineParser that fills the flags left unset (None) from RECIPES[--model]."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
+        recipe = RECIPES.get(getattr(namespace, 'model', None), RECIPES['capsnet'])
+        for key, value in recipe.items():
+            if getattr(namespace, key, None) is None:
+                setattr(namespace, key, value)
+        return namespace, extra
+
+
 def _bounded(kind, low=None, high=None, low_open=False):
     def check(text):
         try:
@@ -324,15 +400,24 @@ def _bounded(kind, low=None, high=None, low_open=False):
 
 
 def build_parser():
-    p = OneLineParser(description='Capsule Network on MNIST (train, test, manipulate).')
+    p = RecipeParser(description='Capsule Network on MNIST (train, test, manipulate).')
     p.add_argument('--model', default='capsnet', choices=sorted(MODELS), help='which network')
     p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS), help='which data')
-    p.add_argument('--epochs', default=50, type=_bounded(int, 1), help='training epochs')
-    p.add_argument('--batch_size', default=100, type=_bounded(int, 1), help='images per step')
-    p.add_argument('--lr', default=0.001, type=_bounded(float, 0, low_open=True),
-                   help='initial learning rate (Adam)')
-    p.add_argument('--lr_decay', default=0.9, type=_bounded(float, 0, 1, low_open=True),
-                   help='learning rate multiplier per epoch: lr_e = lr * lr_decay^e')
+    p.add_argument('--epochs', default=None, type=_bounded(int, 1),
+                   help='training epochs (default: capsnet 50, efficient 150)')
+    p.add_argument('--batch_size', default=None, type=_bounded(int, 1),
+                   help='images per step (default: capsnet 100, efficient 16)')
+    p.add_argument('--lr', default=None, type=_bounded(float, 0, low_open=True),
+                   help='initial learning rate, Adam (default: capsnet 0.001, efficient 5e-4)')
+    p.add_argument('--lr_decay', default=None, type=_bounded(float, 0, 1, low_open=True),
+                   help='learning rate multiplier per epoch: lr_e = max(lr_min, lr * lr_decay^e) '
+                        '(default: capsnet 0.9, efficient 0.97)')
+    p.add_argument('--lr_min', default=None, type=_bounded(float, 0),
+                   help='learning rate floor (default: capsnet 0, efficient 5e-5)')
+    p.add_argument('--augment', default=None, choices=['shift', 'efficient'],
+                   help='training augmentation: shift (up to --shift_fraction) or efficient '
+                        '(rotation, shift, squeeze, erase); default: shift for capsnet, '
+                        'efficient for efficient')
     p.add_argument('--lam_recon', default=0.392, type=_bounded(float, 0),
                    help='weight of the reconstruction MSE (0.392 = 0.0005 * 784)')
     p.add_argument('-r', '--routings', default=3, type=_bounded(int, 1),
@@ -402,8 +487,13 @@ def mnist_from_args(args):
             (x_test[:args.test_samples], y_test[:args.test_samples]))
 
 
+def efficient_from_args(args, input_shape, n_class):
+    """Efficient-CapsNet (its own fixed architecture): (train, eval, manipulate) models."""
+    return EfficientCapsNet(input_shape, n_class=n_class)
+
+
 # --model and --dataset choices: name -> builder(args, input_shape, n_class) / loader(args)
-MODELS = {'capsnet': capsnet_from_args}
+MODELS = {'capsnet': capsnet_from_args, 'efficient': efficient_from_args}
 DATASETS = {'mnist': mnist_from_args}
 
 
