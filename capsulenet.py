@@ -92,7 +92,9 @@ def compile_model(model, lr, lam_recon):
 class ShiftedBatches(C.Sequence):
     """Training batches ([images, labels], [labels, images]) with random shifts.
 
-    Reshuffled every epoch; shifts up to max_shift pixels (zero fill), seeded.
+    Reshuffled every epoch; shifts up to max_shift pixels (zero fill), seeded. Batch
+    `index` of epoch e depends on (seed, e, index) only, not on the order or number of
+    times Keras asks for batches (it peeks at batch 0; distributed runs prefetch).
     """
 
     def __init__(self, x, y, batch_size, max_shift, seed=None):
@@ -100,33 +102,54 @@ class ShiftedBatches(C.Sequence):
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.max_shift = max_shift
-        self.rng = np.random.RandomState(seed)
-        self.order = self.rng.permutation(len(x))
+        self.seed = np.random.randint(2 ** 31) if seed is None else int(seed) % 2 ** 31
+        self.epoch = 0
+        self.order = np.random.RandomState([self.seed, 0]).permutation(len(x))
 
     def __len__(self):
         return int(np.ceil(len(self.x) / float(self.batch_size)))
 
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        x = utils.random_shift(self.x[idx], self.max_shift, self.rng)
+        rng = np.random.RandomState([self.seed, self.epoch, index + 1])
+        x = utils.random_shift(self.x[idx], self.max_shift, rng)
         y = self.y[idx]
         return C.pack_batch([x, y], [y, x])
 
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.order = np.random.RandomState([self.seed, epoch]).permutation(len(self.x))
+
     def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.x))
+        # keras 2.2.4's enqueuer calls this between its passes; Keras 3 calls it at moments
+        # that vary with prefetching, so there BatchesEpoch sets the epoch instead.
+        if not C.KERAS3:
+            self.set_epoch(self.epoch + 1)
+
+
+class BatchesEpoch(callbacks.Callback):
+    """Tells ShiftedBatches (Keras 3) which epoch begins, before its batches are read."""
+
+    def __init__(self, batches):
+        super(BatchesEpoch, self).__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
 
 
 # ---------------------------------------------------------------- callbacks
 class WeightsCheckpoint(callbacks.Callback):
     """Writes weights-{epoch:02d}.h5 (legacy Keras HDF5 layout, atomic) after each epoch."""
 
-    def __init__(self, save_dir):
+    def __init__(self, save_dir, template=None):
         super(WeightsCheckpoint, self).__init__()
         self.save_dir = save_dir
+        self.template = template  # the single-device model behind a multi_gpu_model
 
     def on_epoch_end(self, epoch, logs=None):
         path = os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1))
-        C.save_weights_h5(self.model, path)
+        C.save_weights_h5(self.template or self.model, path)
 
 
 class EpochStats(callbacks.Callback):
@@ -144,23 +167,28 @@ class EpochStats(callbacks.Callback):
 
 
 # ---------------------------------------------------------------- train / test
-def train(model, eval_model, data, args):
-    """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir."""
+def train(model, eval_model, data, args, parallel=lambda m: m):
+    """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir.
+
+    parallel(model) is the model actually compiled and fitted (see C.distribution_scope)."""
     (x_train, y_train), (x_test, y_test) = data
+    template, model = model, parallel(model)
     compile_model(model, args.lr, args.lam_recon)
     log_path = os.path.join(args.save_dir, 'log.csv')
     cbs = [callbacks.LearningRateScheduler(lambda epoch: args.lr * (args.lr_decay ** epoch)),
            EpochStats(),
            callbacks.CSVLogger(log_path),
-           WeightsCheckpoint(args.save_dir)]
+           WeightsCheckpoint(args.save_dir, template)]
     if args.debug:
         cbs.append(C.tensorboard(os.path.join(args.save_dir, 'tensorboard-logs'), args.batch_size))
     max_shift = int(args.shift_fraction * x_train.shape[1])
     batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=args.seed)
+    if C.KERAS3:
+        cbs.append(BatchesEpoch(batches))
     C.fit(model, batches, epochs=args.epochs, callbacks_list=cbs,
           validation_data=([x_test, y_test], [y_test, x_test]))
     weights_path = os.path.join(args.save_dir, 'trained_model.h5')
-    C.save_weights_h5(model, weights_path)
+    C.save_weights_h5(template, weights_path)
     print('Trained model saved to %s' % weights_path)
     utils.plot_log(log_path, os.path.join(args.save_dir, 'log.png'))
     return model
@@ -253,6 +281,9 @@ def build_parser():
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
     p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
+                   help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
+                        '--batch_size is split between them and must be divisible by N')
     p.add_argument('--reproduce', default=None, choices=['table1'],
                    help="train the paper's Table 1 configurations (routings 1/2/3, with and "
                         "without reconstruction) in turn under <save_dir>/table1/ (resumable) "
@@ -304,9 +335,17 @@ def prepare_save_dir(path):
 
 def run(args):
     prepare_save_dir(args.save_dir)
+    scope = C.distribution_scope(args.multi_gpu, args.batch_size)
     if args.seed is not None:
         C.set_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = DATASETS[args.dataset](args)
+    with scope as parallel:
+        run_models(args, (x_train, y_train), (x_test, y_test), parallel)
+
+
+def run_models(args, train_data, test_data, parallel):
+    """Builds the --model, then trains and tests it, or tests and manipulates (-t)."""
+    (x_train, y_train), (x_test, y_test) = train_data, test_data
     try:
         model, eval_model, manipulate_model = MODELS[args.model](
             args, x_train.shape[1:], y_train.shape[1])
@@ -317,7 +356,7 @@ def run(args):
         C.load_weights_h5(model, args.weights)
         print('Loaded weights from %s' % args.weights)
     if not args.testing:
-        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args)
+        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args, parallel)
         test(eval_model, (x_test, y_test), args)
     else:
         if args.weights is None:
