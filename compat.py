@@ -421,6 +421,7 @@ def distribution_scope(n_devices, batch_size):
             raise UserError('--multi_gpu %d on keras 2.2.4 needs %d GPUs (multi_gpu_model), '
                             'found %d' % (n_devices, n_devices, len(gpus)))
         from keras.utils import multi_gpu_model
+        print('Data-parallel training: keras.utils.multi_gpu_model, %d replicas' % n_devices)
         return contextlib.nullcontext(lambda model: multi_gpu_model(model, gpus=n_devices))
     if BACKEND == 'tensorflow':
         import tensorflow as tf
@@ -428,6 +429,8 @@ def distribution_scope(n_devices, batch_size):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
         else:
             strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
+        print('Data-parallel training: tf.distribute %s, %d replicas'
+              % (type(strategy).__name__, strategy.num_replicas_in_sync))
         return _yielding(strategy.scope(), lambda model: model)
     if BACKEND == 'jax':
         import jax
@@ -437,6 +440,7 @@ def distribution_scope(n_devices, batch_size):
                             '--xla_force_host_platform_device_count=%d)'
                             % (n_devices, len(devices), n_devices))
         dist = keras.distribution.DataParallel(devices=devices[:n_devices])
+        print('Data-parallel training: keras.distribution.DataParallel, %d replicas' % n_devices)
         return _yielding(dist.scope(), lambda model: model)
     raise UserError('--multi_gpu is not supported on the %s backend (use tensorflow or jax)'
                     % BACKEND)
