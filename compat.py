@@ -411,6 +411,9 @@ def distribution_scope(n_devices, batch_size):
     multi_worker = BACKEND == 'tensorflow' and bool(os.environ.get('TF_CONFIG'))
     if n_devices <= 1 and not multi_worker:
         return contextlib.nullcontext(lambda model: model)
+    if KERAS3 and BACKEND not in ('tensorflow', 'jax'):
+        raise UserError('--multi_gpu is not supported on the %s backend (use tensorflow or jax)'
+                        % BACKEND)
     if batch_size % max(n_devices, 1):
         raise UserError('--batch_size %d is not divisible by --multi_gpu %d'
                         % (batch_size, n_devices))
@@ -442,8 +445,6 @@ def distribution_scope(n_devices, batch_size):
         dist = keras.distribution.DataParallel(devices=devices[:n_devices])
         print('Data-parallel training: keras.distribution.DataParallel, %d replicas' % n_devices)
         return _yielding(dist.scope(), lambda model: model)
-    raise UserError('--multi_gpu is not supported on the %s backend (use tensorflow or jax)'
-                    % BACKEND)
 
 
 def _yielding(scope, value):
