@@ -414,6 +414,7 @@ def reproduce_table1(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        C.configure_threads()
         if args.reproduce == 'table1':
             reproduce_table1(args)
         else:
