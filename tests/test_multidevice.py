@@ -81,3 +81,22 @@ def test_unsupported_set_up_is_one_line(tmp_path):
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert lines[-1].startswith('error:') and '--multi_gpu' in lines[-1]
     assert ('torch' in lines[-1]) if C.KERAS3 else ('GPU' in lines[-1])
+
+
+def test_batches_depend_on_seed_epoch_index_only():
+    """Same batch whatever the order / number of reads (prefetching, peeks); every sample once
+    per epoch; a new order and new shifts in the next epoch."""
+    from capsulenet import ShiftedBatches
+    x = np.random.RandomState(0).rand(50, 8, 8, 1).astype('float32')
+    y = np.eye(10, dtype='float32')[np.arange(50) % 10]
+    first, second = ShiftedBatches(x, y, 20, 2, seed=3), ShiftedBatches(x, y, 20, 2, seed=3)
+    second[2], second[0], second[0]  # noqa: B018 (reads in another order)
+    for i in [2, 1, 0]:
+        np.testing.assert_array_equal(first[i][0][0], second[i][0][0])
+    labels = np.concatenate([first[i][0][1] for i in range(len(first))])
+    assert len(labels) == 50 and (labels.sum(0) == 5).all()
+    epoch0 = first[0][0][0]
+    first.set_epoch(1)
+    assert np.abs(first[0][0][0] - epoch0).max() > 0.1
+    first.set_epoch(0)
+    np.testing.assert_array_equal(first[0][0][0], epoch0)
