@@ -4,6 +4,8 @@ Dynamic routing follows Procedure 1 of Sabour, Frosst & Hinton, "Dynamic Routing
 Capsules" (NIPS 2017). Every tensor op goes through `compat`, so the same code runs on
 keras 2.2.4 / TF 1.x and on Keras 3 with the TensorFlow, JAX or PyTorch backend.
 """
+import numpy as np
+
 import compat as C
 from compat import layers
 
@@ -152,5 +154,96 @@ def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
     return Squash(name='primarycap_squash')(outputs)
 
 
+
+
 CUSTOM_OBJECTS = {'Squash': Squash, 'Length': Length, 'Mask': Mask,
                   'CapsuleLayer': CapsuleLayer}
+
+
+# ---------------------------------------------------------------- Efficient-CapsNet
+# Mazzia, Salvetti & Chiaberge, "Efficient-CapsNet: capsule network with self-attention
+# routing" (Sci. Rep. 2021): a different squash, depthwise primary capsules and one
+# non-iterative self-attention routing step with learned log-priors.
+
+def efficient_squash(vectors, axis=-1, eps=EPSILON):
+    """Efficient-CapsNet squash: v = (1 - 1/e^|s|) * s / |s|.
+
+    vectors: [..., dim] -> same shape, each vector's length in [0, 1). |s| is computed as
+    sqrt(|s|^2 + eps) and eps is added to both denominators, so value and gradient stay
+    finite at s = 0 (where v = 0).
+    """
+    norm = C.sqrt(C.reduce_sum(C.square(vectors), axis=axis, keepdims=True) + eps)
+    return (1 - 1 / (C.exp(norm) + eps)) * vectors / (norm + eps)
+
+
+class EfficientSquash(layers.Layer):
+    """Layer form of `efficient_squash` over the last axis: [batch, n, dim] -> same."""
+
+    def call(self, inputs, **kwargs):
+        return efficient_squash(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, name='primarycap'):
+    """Depthwise primary capsules: DepthwiseConv2D(kernel_size) with bias, reshaped, squashed.
+
+    inputs: [batch, H, W, C] -> [batch, H' * W' * C / dim_capsule, dim_capsule]. On the
+    MNIST stack H = W = kernel_size = 9 and C = 128: one 1x1x128 map -> 16 capsules of 8-D
+    (the reference's Conv2D(128, 9, groups=128): 128 * (81 + 1) = 10,496 parameters).
+    """
+    output = layers.DepthwiseConv2D(kernel_size=kernel_size, padding='valid', use_bias=True,
+                                    name=name + '_dwconv')(inputs)
+    outputs = layers.Reshape(target_shape=(-1, dim_capsule), name=name + '_reshape')(output)
+    return EfficientSquash(name=name + '_squash')(outputs)
+
+
+class FCCaps(layers.Layer):
+    """Fully connected capsules with self-attention routing (Efficient-CapsNet).
+
+    inputs u: [batch, input_num_capsule (i), input_dim_capsule]
+    output v: [batch, num_capsule (j), dim_capsule (d)]
+    Weights: W [num_capsule, input_num_capsule, input_dim_capsule, dim_capsule] (He normal),
+    log-prior b [num_capsule, input_num_capsule, 1] (zeros).
+
+    u_hat[j, i] = u[i] W[j, i]; A_j = U_j U_j^T / sqrt(d) with U_j the rows u_hat[j, :];
+    c[j, i] = softmax over j of sum_k A_j[i, k]; s_j = sum_i u_hat[j, i] (c[j, i] + b[j, i]);
+    v_j = efficient_squash(s_j). One step, no iterations.
+    """
+
+    def __init__(self, num_capsule, dim_capsule, **kwargs):
+        super(FCCaps, self).__init__(**kwargs)
+        self.num_capsule = int(num_capsule)
+        self.dim_capsule = int(dim_capsule)
+
+    def build(self, input_shape):
+        self.input_num_capsule = int(input_shape[1])
+        self.input_dim_capsule = int(input_shape[2])
+        self.W = self.add_weight(
+            name='W', shape=(self.num_capsule, self.input_num_capsule,
+                             self.input_dim_capsule, self.dim_capsule),
+            initializer='he_normal')
+        self.b = self.add_weight(name='b', shape=(self.num_capsule, self.input_num_capsule, 1),
+                                 initializer='zeros')
+        super(FCCaps, self).build(input_shape)
+
+    def call(self, inputs, training=None):
+        u_hat = C.einsum('bil,jild->bjid', inputs, self.W)          # [batch, j, i, d]
+        # sum_k A_j[i, k] = u_hat[j, i] . sum_k u_hat[j, k]: no [i, i] matrix needed
+        total = C.reduce_sum(u_hat, axis=2, keepdims=True)          # [batch, j, 1, d]
+        logits = C.reduce_sum(u_hat * total, axis=-1, keepdims=True)  # [batch, j, i, 1]
+        c = C.softmax(logits / float(np.sqrt(self.dim_capsule)), axis=1)
+        s = C.reduce_sum(u_hat * (c + self.b), axis=2)              # [batch, j, d]
+        return efficient_squash(s)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsule, self.dim_capsule)
+
+    def get_config(self):
+        config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule}
+        base = super(FCCaps, self).get_config()
+        return dict(list(base.items()) + list(config.items()))
+
+
+CUSTOM_OBJECTS.update({'EfficientSquash': EfficientSquash, 'FCCaps': FCCaps})

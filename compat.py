@@ -13,6 +13,7 @@ What differs, and how it is settled here:
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
 import os
+import re
 
 import numpy as np
 
@@ -236,6 +237,9 @@ def set_seed(seed):
     np.random.seed(seed)
     if KERAS3:
         keras.utils.set_random_seed(seed)
+        if BACKEND == 'tensorflow':  # multi-threaded CPU reductions otherwise vary run to run
+            import tensorflow as tf
+            tf.config.experimental.enable_op_determinism()
     else:
         import tensorflow as tf
         tf.set_random_seed(seed)
@@ -315,21 +319,42 @@ def _read_legacy_groups(f):
     return out
 
 
+def _snake_case(name):
+    """Keras 3's naming of saved layers: 'CapsuleLayer' -> 'capsule_layer', 'Conv2D' -> 'conv2d'."""
+    name = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', re.sub(r'\W+', '', name))
+    return re.sub(r'([a-z])([A-Z])', r'\1_\2', name).lower()
+
+
+def _keras3_group_names(layer_list):
+    """[(layer, group name)] as Keras 3's save_weights names them: by class, not by layer name
+    (the 2nd Conv2D is 'conv2d_1'), in the order of model.layers."""
+    used, out = {}, []
+    for layer in layer_list:
+        key = _snake_case(layer.__class__.__name__)
+        used[key] = used.get(key, -1) + 1
+        out.append((layer, key if used[key] == 0 else '%s_%d' % (key, used[key])))
+    return out
+
+
+def _keras3_arrays(group):
+    """Arrays of one saved layer group (vars/0, vars/1, ...)."""
+    vars_ = group['vars'] if 'vars' in group else {}
+    return [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
+
+
 def _read_keras3_groups(f, model):
-    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<name>/vars/<i>)."""
+    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<class name>/vars/<i>)."""
     out = {}
     root = f['layers'] if 'layers' in f else f
-    for layer in model.layers:
-        if layer.name not in root:
+    for layer, group_name in _keras3_group_names(model.layers):
+        if group_name not in root:
             continue
-        group = root[layer.name]
-        arrays = []
-        if 'vars' in group:
-            arrays = [np.asarray(group['vars'][str(i)]) for i in range(len(group['vars']))]
-        if 'layers' in group:  # nested model
-            for sub in group['layers']:
-                vars_ = group['layers'][sub].get('vars', {})
-                arrays += [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
+        group = root[group_name]
+        arrays = _keras3_arrays(group)
+        if hasattr(layer, 'layers') and 'layers' in group:  # nested model: its sublayers in order
+            for sub, sub_name in _keras3_group_names(layer.layers):
+                if sub_name in group['layers']:
+                    arrays += _keras3_arrays(group['layers'][sub_name])
         out[layer.name] = arrays
     return out
 
@@ -337,8 +362,9 @@ def _read_keras3_groups(f, model):
 def load_weights_h5(model, path):
     """Loads weights by layer name from a legacy-layout or Keras 3 .h5 file.
 
-    Never deserializes a model (no Lambda, no pickle): arrays only. Raises UserError naming
-    the first missing or mismatching layer and both shapes.
+    Never deserializes a model (no Lambda, no pickle): arrays only; a full-model file's
+    model_config is never read. Raises UserError naming the first missing or mismatching
+    layer and both shapes. Returns 'full-model' (a model_weights group was read) or 'weights'.
     """
     import h5py
     if not os.path.isfile(path):
@@ -353,7 +379,8 @@ def load_weights_h5(model, path):
                 stored = _read_legacy_groups(f)
             else:
                 stored = _read_keras3_groups(f, model)
-        except (KeyError, OSError, ValueError) as e:
+            full_model = 'model_weights' in f
+        except (KeyError, OSError, ValueError, RuntimeError) as e:
             raise UserError('weights file %s is damaged or not a Keras weights file (%s)' % (path, e))
     for layer, current in _layers_with_weights(model):
         if layer.name not in stored:
@@ -368,6 +395,58 @@ def load_weights_h5(model, path):
                 raise UserError('layer %r: model expects weight shape %s, file %s has %s'
                                 % (layer.name, cur.shape, path, new.shape))
         layer.set_weights(arrays)
+    return 'full-model' if full_model else 'weights'
+
+
+# ---------------------------------------------------------------- optimizer state (resume)
+def get_optimizer_state(model):
+    """The optimizer's variables as numpy arrays (step count, Adam moments), or None before
+    the first training step has built them."""
+    if KERAS3:
+        variables = list(model.optimizer.variables)
+        return [to_numpy(v) for v in variables] if model.optimizer.built and variables else None
+    weights = model.optimizer.weights
+    return _K.batch_get_value(weights) if weights else None
+
+
+def set_optimizer_state(model, arrays):
+    """Builds the compiled model's optimizer and loads `arrays` (from get_optimizer_state of
+    the same architecture) into it. Raises UserError when count or shapes differ."""
+    if KERAS3:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        variables = list(model.optimizer.variables)
+    else:
+        model._make_train_function()  # creates Adam's moment variables (2.2.4)
+        variables = model.optimizer.weights
+    shapes = [tuple(int(d) for d in int_shape(v)) for v in variables]
+    if shapes != [tuple(a.shape) for a in arrays]:
+        raise UserError('optimizer state has %d arrays, this model\'s optimizer %d (or shapes differ)'
+                        % (len(arrays), len(shapes)))
+    if KERAS3:
+        for v, a in zip(variables, arrays):
+            v.assign(a)
+    else:
+        _K.batch_set_value(list(zip(variables, arrays)))
+
+
+def save_arrays_npz(arrays, path):
+    """Writes a list of arrays to an .npz file atomically (temp file + rename)."""
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, 'wb') as f:
+            np.savez(f, *arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError('cannot write %s: %s' % (path, e.strerror or e))
+
+
+def load_arrays_npz(path):
+    """The arrays of an .npz written by save_arrays_npz, in order (no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [data['arr_%d' % i] for i in range(len(data.files))]
 
 
 # ---------------------------------------------------------------- several devices

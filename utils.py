@@ -2,12 +2,14 @@
 
     python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
     python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
+    python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
 """
 import argparse
 import gzip
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 
@@ -43,7 +45,7 @@ def _read_bytes(path):
                 return f.read()
         with open(path, 'rb') as f:
             return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise UserError('cannot read %s: %s (corrupt or truncated gzip?)' % (path, e))
 
 
@@ -105,6 +107,8 @@ def _prepare(images, labels, split, image_size):
     if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
         raise UserError('MNIST %s images have shape %s, expected [N, %d, %d]'
                         % (split, images.shape, image_size, image_size))
+    if len(images) == 0:
+        raise UserError('MNIST %s images: the file holds 0 images' % split)
     if len(images) != len(labels):
         raise UserError('MNIST %s: %d images but %d labels' % (split, len(images), len(labels)))
     if labels.size and labels.max() > 9:
@@ -275,8 +279,13 @@ def main(argv=None):
                                          "paper's Table 1, from CSV logs")
     table.add_argument('csv', nargs='+', help='log files named <config>[_suffix].csv, e.g. '
                                               'capsnet_r3_recon_50ep.csv')
-    args = parser.parse_args(argv)
+    add_perturb_parser(sub)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != 'perturb':
+        parser.error('unrecognized arguments: %s' % ' '.join(extra))
     try:
+        if args.command == 'perturb':
+            return perturb_command(args, extra)
         if args.command == 'plot':
             plot_log(args.csv, args.out)
             print('wrote %s' % args.out)
@@ -288,6 +297,220 @@ def main(argv=None):
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
+    return 0
+
+
+# ---------------------------------------------------------------- Efficient-CapsNet augmentation
+def _shift_zero_fill(image, dy, dx):
+    """image [H, W, C] moved down dy and right dx pixels (negative: up / left), zero fill."""
+    h, w = image.shape[:2]
+    out = np.zeros_like(image)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _free_margins(image):
+    """(top, bottom, left, right) empty rows/columns around the non-zero pixels of [H, W, C]."""
+    rows = np.where(image.max(axis=(1, 2)) > 0)[0]
+    cols = np.where(image.max(axis=(0, 2)) > 0)[0]
+    if len(rows) == 0:
+        return 0, 0, 0, 0
+    h, w = image.shape[:2]
+    return rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1]
+
+
+def _squeeze_width(image, pixels):
+    """image [H, W, C] resized to width W - pixels (linear), centred, zero padded to W."""
+    from scipy import ndimage
+    if pixels <= 0:
+        return image
+    h, w, c = image.shape
+    narrow = ndimage.zoom(image, (1, (w - pixels) / float(w), 1), order=1)[:, :w]
+    out = np.zeros_like(image)
+    left = (w - narrow.shape[1]) // 2
+    out[:, left:left + narrow.shape[1]] = narrow
+    return out
+
+
+def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
+    """Efficient-CapsNet's MNIST augmentation with NumPy/SciPy, in the reference's order.
+
+    images: [batch, H, W, C] in [0, 1] -> same shape. Per image: (1) about half the time a
+    rotation by max_angle * clip(N(0, 0.33), -1, 1) degrees; (2) a random integer shift that
+    keeps the digit inside the frame (bounded by its empty margins); (3) a horizontal
+    squeeze by 0..max_squeeze pixels, re-centred; (4) a random erase_size^2 patch set to 0.
+    Linear interpolation replaces the reference's OpenCV / Lanczos resampling.
+    """
+    from scipy import ndimage
+    out = np.empty_like(images)
+    h, w = images.shape[1:3]
+    for i, image in enumerate(images):
+        if rng.rand() < 0.5:
+            angle = max_angle * np.clip(rng.normal(0, 0.33), -1, 1)
+            image = ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=1,
+                                   mode='constant', cval=0.)
+        top, bottom, left, right = _free_margins(image)
+        image = _shift_zero_fill(image, rng.randint(-top, bottom + 1),
+                                 rng.randint(-left, right + 1))
+        image = _squeeze_width(image, rng.randint(0, max_squeeze + 1))
+        y0, x0 = rng.randint(0, h - erase_size + 1), rng.randint(0, w - erase_size + 1)
+        image = image.copy()
+        image[y0:y0 + erase_size, x0:x0 + erase_size] = 0
+        out[i] = np.clip(image, 0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- perturbation viewer
+class PerturbationViewer(object):
+    """Interactive figure: move the 16 dimensions of the winning capsule, watch the decoder.
+
+    eval_model: image [batch, H, W, C] -> [lengths [batch, n_class], reconstruction];
+    manipulate_model: [image, one-hot y [batch, n_class], noise [batch, n_class, dim]]
+    -> reconstruction [batch, H, W, C] (the models capsulenet's builders return).
+    images: [N, H, W, C] to choose from. Shows the input, the live reconstruction and the
+    capsule lengths as bars; one slider per capsule dimension (+-value_range, step), an
+    image-index slider and a Reset button. Works with any matplotlib backend (Agg in tests,
+    %matplotlib widget in notebooks).
+    """
+
+    def __init__(self, eval_model, manipulate_model, images, index=0, value_range=0.30,
+                 step=0.05):
+        import compat as C
+        import matplotlib.pyplot as plt
+        from matplotlib.widgets import Button, Slider
+        self.eval_model, self.manipulate_model = eval_model, manipulate_model
+        self.images = np.asarray(images, dtype='float32')
+        if not len(self.images):
+            raise UserError('no images to show in the perturbation viewer')
+        self.n_class, self.dim = [int(d) for d in C.int_shape(manipulate_model.inputs[2])[1:]]
+        self._muted = False
+        self.figure = plt.figure(figsize=(11, 8))
+        self.ax_input = self.figure.add_axes([0.03, 0.55, 0.28, 0.4])
+        self.ax_recon = self.figure.add_axes([0.35, 0.55, 0.28, 0.4])
+        self.ax_bars = self.figure.add_axes([0.70, 0.58, 0.27, 0.35])
+        self.sliders = []
+        for d in range(self.dim):
+            column, row = divmod(d, (self.dim + 1) // 2)
+            ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
+            slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
+                            valstep=step)
+            slider.on_changed(self.update)
+            self.sliders.append(slider)
+        ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
+        self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
+                                   valinit=int(index), valstep=1, valfmt='%d')
+        self.index_slider.on_changed(lambda value: self.select(int(value)))
+        self.reset_button = Button(self.figure.add_axes([0.78, 0.03, 0.12, 0.05]), 'Reset')
+        self.reset_button.on_clicked(self.reset)
+        self.input_image = self.recon_image = self.bars = None
+        self.select(int(index))
+
+    def _show(self, ax, image, current):
+        image = image[..., 0] if image.shape[-1] == 1 else image
+        if current is None:
+            current = ax.imshow(image, cmap='gray', vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            current.set_data(image)
+        return current
+
+    def select(self, index):
+        """Shows image `index`: its class is the longest capsule; sliders back to 0."""
+        if not 0 <= index < len(self.images):
+            raise UserError('image index %d out of range 0..%d' % (index, len(self.images) - 1))
+        self.index = index
+        self.x = self.images[index:index + 1]
+        lengths = np.asarray(self.eval_model.predict(self.x, verbose=0)[0])[0]
+        self.label = int(np.argmax(lengths))
+        self.y = np.eye(self.n_class, dtype='float32')[[self.label]]
+        self.input_image = self._show(self.ax_input, self.x[0], self.input_image)
+        self.ax_input.set_title('input #%d' % index)
+        self.ax_bars.clear()
+        self.bars = self.ax_bars.bar(range(self.n_class), lengths, color='gray')
+        self.bars[self.label].set_color('tab:red')
+        self.ax_bars.set_ylim(0, 1)
+        self.ax_bars.set_xticks(range(self.n_class))
+        self.ax_bars.set_title('capsule lengths (class %d)' % self.label)
+        self.reset()
+
+    def noise(self):
+        """Slider values on the winning capsule's row: [1, n_class, dim]."""
+        noise = np.zeros((1, self.n_class, self.dim), dtype='float32')
+        noise[0, self.label] = [round(s.val, 6) for s in self.sliders]  # snapping leaves 1e-17
+        return noise
+
+    def reconstruction(self):
+        """Decoder output for the current image and slider values: [H, W, C]."""
+        return np.asarray(self.manipulate_model.predict([self.x, self.y, self.noise()],
+                                                        verbose=0))[0]
+
+    def update(self, _value=None):
+        if self._muted:
+            return
+        self.recon_image = self._show(self.ax_recon, self.reconstruction(), self.recon_image)
+        self.ax_recon.set_title('reconstruction')
+        self.figure.canvas.draw_idle()
+
+    def reset(self, _event=None):
+        """All dimension sliders back to 0, then one redraw."""
+        self._muted = True
+        try:
+            for slider in self.sliders:
+                slider.reset()
+        finally:
+            self._muted = False
+        self.update()
+
+
+def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=100,
+                 model_args=()):
+    """PerturbationViewer on the first test_samples MNIST test images for a trained model.
+
+    weights: .h5 from capsulenet.py; model: a capsulenet.MODELS name; model_args: further
+    capsulenet.py flags (e.g. ['--conv1_filters', '64']) so the architecture matches.
+    """
+    import capsulenet  # here, not at the top: capsulenet imports this module
+    cli = capsulenet.build_parser().parse_args(['--model', model] + list(model_args))
+    x_test = load_mnist(data_dir)[1][0][:test_samples]
+    train_model, eval_model, manipulate_model = capsulenet.MODELS[model](
+        cli, x_test.shape[1:], 10)
+    import compat as C
+    C.load_weights_h5(train_model, weights)
+    return PerturbationViewer(eval_model, manipulate_model, x_test, index=index)
+
+
+def add_perturb_parser(sub):
+    perturb = sub.add_parser(
+        'perturb', help='interactive capsule-dimension perturbation viewer (matplotlib); '
+                        'further capsulenet.py architecture flags are passed through')
+    perturb.add_argument('-w', '--weights', required=True, help='trained weights .h5')
+    perturb.add_argument('--model', default='capsnet', choices=['capsnet', 'efficient'],
+                         help='architecture the weights belong to')
+    perturb.add_argument('--index', default=0, type=int, help='first test image shown')
+    perturb.add_argument('--test_samples', default=100, type=int,
+                         help='how many MNIST test images the chooser offers')
+    perturb.add_argument('--data_dir', default=None, help='folder with the MNIST idx files')
+    perturb.add_argument('--out', default=None,
+                         help='save the figure to this PNG instead of opening a window')
+
+
+def perturb_command(args, model_args):
+    if not 0 <= args.index < args.test_samples:
+        raise UserError('--index %d must be in 0..%d (--test_samples %d)'
+                        % (args.index, args.test_samples - 1, args.test_samples))
+    import matplotlib
+    if args.out:
+        matplotlib.use('Agg')
+    viewer = build_viewer(args.weights, args.model, args.index, args.data_dir,
+                          args.test_samples, model_args)
+    import matplotlib.pyplot as plt
+    if args.out:
+        viewer.figure.savefig(args.out)
+        print('wrote %s' % args.out)
+    else:
+        plt.show()
     return 0
 
 

@@ -1,0 +1,99 @@
+"""The capsule-dimension perturbation viewer, headless (Agg): sliders, reset, image chooser,
+and the `python utils.py perturb` command."""
+import os
+import subprocess
+import sys
+
+import matplotlib
+matplotlib.use('Agg')
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import compat as C  # noqa: E402
+import capsulenet  # noqa: E402
+import utils  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(conv1_filters=8, primary_channels=2, primary_dim=4, digit_dim=16,
+            decoder_units=(16, 32))
+
+
+@pytest.fixture(scope='module')
+def viewer():
+    C.clear_session()
+    C.set_seed(0)
+    _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **TINY)
+    images = np.random.RandomState(0).rand(4, 28, 28, 1).astype('float32')
+    return utils.PerturbationViewer(eval_model, manipulate_model, images, index=1)
+
+
+def recon(viewer):
+    return np.array(viewer.recon_image.get_array(), dtype='float64')
+
+
+def test_viewer_widgets(viewer):
+    assert len(viewer.sliders) == 16
+    for slider in viewer.sliders:
+        assert (slider.valmin, slider.valmax, slider.valstep) == (-0.30, 0.30, 0.05)
+        assert slider.val == pytest.approx(0, abs=1e-9)
+    assert viewer.noise().shape == (1, 10, 16)
+    assert viewer.index == 1 and viewer.index_slider.val == 1
+    assert len(viewer.bars) == 10
+    heights = [bar.get_height() for bar in viewer.bars]
+    assert int(np.argmax(heights)) == viewer.label
+
+
+def test_slider_changes_reconstruction_and_reset_restores_it(viewer):
+    before = recon(viewer)
+    viewer.sliders[3].set_val(0.25)
+    assert viewer.noise()[0, viewer.label, 3] == pytest.approx(0.25)
+    moved = recon(viewer)
+    assert np.abs(moved - before).max() > 1e-4
+    viewer.reset()
+    assert not viewer.noise().any()
+    np.testing.assert_allclose(recon(viewer), before, atol=1e-6)
+
+
+def test_reset_button_is_wired(viewer):
+    before = recon(viewer)
+    viewer.sliders[0].set_val(-0.3)
+    viewer.reset_button._observers.process('clicked', None)  # what a click on it runs
+    np.testing.assert_allclose(recon(viewer), before, atol=1e-6)
+
+
+def test_image_chooser_switches_input(viewer):
+    shown = np.array(viewer.input_image.get_array())
+    viewer.sliders[5].set_val(0.1)
+    viewer.index_slider.set_val(2)
+    assert viewer.index == 2
+    np.testing.assert_allclose(viewer.input_image.get_array(), viewer.images[2, ..., 0])
+    assert not np.allclose(viewer.input_image.get_array(), shown)
+    assert not viewer.noise().any()  # a new image starts unperturbed
+    viewer.figure.canvas.draw()
+
+
+def run_utils(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'utils.py')] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          universal_newlines=True, timeout=300, cwd=ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_perturb_command_writes_figure(tmp_path):
+    arch = ['--conv1_filters', '8', '--primary_channels', '2', '--primary_dim', '4']
+    cli = capsulenet.build_parser().parse_args(arch)
+    C.clear_session()
+    model = capsulenet.capsnet_from_args(cli, (28, 28, 1), 10)[0]
+    weights = str(tmp_path / 'w.h5')
+    C.save_weights_h5(model, weights)
+    out = str(tmp_path / 'viewer.png')
+    code, stdout, err = run_utils('perturb', '-w', weights, '--index', '2', '--test_samples', '5',
+                                  '--out', out, *arch)
+    assert code == 0, err[-3000:]
+    import matplotlib.image
+    assert matplotlib.image.imread(out).std() > 0.01
+    code, stdout, err = run_utils('perturb', '-w', str(tmp_path / 'missing.h5'), '--out', out)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and lines[-1].startswith('error: weights file not found')
+    assert 'Traceback' not in err

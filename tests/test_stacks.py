@@ -1,0 +1,63 @@
+"""Same weights => same outputs on every stack (keras 2.2.4, Keras 3 on TF / JAX / torch).
+
+The fixtures in tests/fixtures/ hold one small CapsNet's weights written by keras 2.2.4's own
+save_weights, by Keras 3's own save_weights (.weights.h5 layout), and by this repo's writer on
+each stack, plus the outputs keras 2.2.4 computed on fixed inputs. CI runs this file on every
+stack, so each stack reads what every other stack wrote.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import compat as C
+from fixtures import make_fixtures as F
+
+WRITTEN_BY_US = ['keras224', 'tensorflow', 'jax', 'torch']
+
+
+def assert_expected_outputs(models):
+    expected = np.load(F.EXPECTED)
+    got = F.outputs(models)
+    for key in ['lengths', 'recon', 'recon_manipulated']:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-4, err_msg=key)
+
+
+def fixture_files():
+    files = [('keras224-save_weights', F.LEGACY_FILE),
+             ('keras3-save_weights', F.KERAS3_NATIVE_FILE)]
+    return files + [('ours-' + stack, F.ours_file(stack)) for stack in WRITTEN_BY_US]
+
+
+@pytest.mark.parametrize('path', [p for _, p in fixture_files()], ids=[n for n, _ in fixture_files()])
+def test_every_writers_file_gives_the_same_outputs_here(path):
+    assert os.path.isfile(path), 'missing fixture %s: see tests/fixtures/make_fixtures.py' % path
+    models = F.build()
+    C.load_weights_h5(models[0], path)
+    assert_expected_outputs(models)
+
+
+@pytest.mark.parametrize('stack', ['keras224'] + WRITTEN_BY_US[1:])
+def test_this_kerass_own_reader_loads_our_files(stack):
+    """Our legacy-layout files need no code of ours to load: Keras's load_weights reads them."""
+    models = F.build()
+    models[0].load_weights(F.ours_file(stack))
+    assert_expected_outputs(models)
+
+
+def test_our_writer_round_trips_here(tmp_path):
+    models = F.build()
+    C.load_weights_h5(models[0], F.LEGACY_FILE)
+    path = str(tmp_path / 'trained_model.h5')
+    C.save_weights_h5(models[0], path)
+    fresh = F.build()
+    fresh[0].load_weights(path)
+    assert_expected_outputs(fresh)
+
+
+def test_stack_is_what_ci_asked_for():
+    """CI sets CAPSNET_EXPECT_STACK per run, so a misconfigured stack cannot pass silently."""
+    wanted = os.environ.get('CAPSNET_EXPECT_STACK')
+    if wanted is None:
+        pytest.skip('CAPSNET_EXPECT_STACK not set (CI sets it)')
+    assert F.STACK == wanted
