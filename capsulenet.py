@@ -145,7 +145,9 @@ class ShiftedBatches(C.Sequence):
 
     Reshuffled every epoch, seeded. By default shifts up to max_shift pixels (zero fill);
     augment(images [batch, H, W, C], rng) -> same shape replaces the shift when given
-    (e.g. utils.efficient_augment).
+    (e.g. utils.efficient_augment). Batch `index` of epoch e depends on (seed, e, index)
+    only, not on the order or number of times Keras asks for batches (it peeks at batch 0;
+    distributed runs prefetch): the BatchesEpoch callback sets e at each epoch's start.
     """
 
     def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None):
@@ -154,26 +156,44 @@ class ShiftedBatches(C.Sequence):
         self.batch_size = batch_size
         self.max_shift = max_shift
         self.augment_fn = augment
-        self.rng = np.random.RandomState(seed)
-        self.order = self.rng.permutation(len(x))
+        self.seed = np.random.randint(2 ** 31) if seed is None else int(seed) % 2 ** 31
+        self.epoch = 0
+        self.order = np.random.RandomState([self.seed, 0]).permutation(len(x))
 
     def __len__(self):
         return int(np.ceil(len(self.x) / float(self.batch_size)))
 
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        x = self.augment(self.x[idx])
+        x = self.augment(self.x[idx], np.random.RandomState([self.seed, self.epoch, index + 1]))
         y = self.y[idx]
         return C.pack_batch([x, y], [y, x])
 
-    def augment(self, x):
+    def augment(self, x, rng):
         """[batch, H, W, C] -> the same images, randomly shifted (or augment_fn(x, rng))."""
         if self.augment_fn is not None:
-            return self.augment_fn(x, self.rng)
-        return utils.random_shift(x, self.max_shift, self.rng)
+            return self.augment_fn(x, rng)
+        return utils.random_shift(x, self.max_shift, rng)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.order = np.random.RandomState([self.seed, epoch]).permutation(len(self.x))
 
     def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.x))
+        # keras 2.2.4's enqueuer calls this between its passes; Keras 3 calls it at moments
+        # that vary with prefetching, so there BatchesEpoch also sets the epoch at its start.
+        self.set_epoch(self.epoch + 1)
+
+
+class BatchesEpoch(callbacks.Callback):
+    """Tells ShiftedBatches (Keras 3) which epoch begins, before its batches are read."""
+
+    def __init__(self, batches):
+        super(BatchesEpoch, self).__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
 
 
 class TranslatedBatches(ShiftedBatches):
@@ -185,9 +205,9 @@ class TranslatedBatches(ShiftedBatches):
         super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed)
         self.digit_size = digit_size
 
-    def augment(self, x):
+    def augment(self, x, rng):
         digits = affnist_loader.center_crop(x, self.digit_size)
-        return affnist_loader.translated_mnist(digits, x.shape[1], self.rng)
+        return affnist_loader.translated_mnist(digits, x.shape[1], rng)
 
 
 class ClassifierBatches(C.Sequence):
@@ -214,10 +234,11 @@ class WeightsCheckpoint(callbacks.Callback):
     Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
     `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one."""
 
-    def __init__(self, save_dir, nan_guard=None):
+    def __init__(self, save_dir, nan_guard=None, template=None):
         super(WeightsCheckpoint, self).__init__()
         self.save_dir = save_dir
         self.nan_guard = nan_guard
+        self.template = template  # the single-device model behind a multi_gpu_model
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_guard is not None and self.nan_guard.where is not None:
@@ -225,7 +246,8 @@ class WeightsCheckpoint(callbacks.Callback):
         state = C.get_optimizer_state(self.model)
         if state is not None:
             C.save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
-        C.save_weights_h5(self.model, os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
+        C.save_weights_h5(self.template or self.model,
+                          os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
 
 
 class NaNGuard(callbacks.TerminateOnNaN):
@@ -268,14 +290,16 @@ def scheduled_lr(args, epoch):
     return max(getattr(args, 'lr_min', None) or 0., args.lr * (args.lr_decay ** epoch))
 
 
-def train(model, eval_model, data, args, initial_epoch=0):
+def train(model, eval_model, data, args, initial_epoch=0, parallel=lambda m: m):
     """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir.
 
     initial_epoch > 0 (--resume, weights already loaded): the optimizer state saved with that
     checkpoint is restored where present, the LR schedule continues at that epoch and log.csv
-    (trimmed to the epochs before it) is appended to.
+    (trimmed to the epochs before it) is appended to. parallel(model) is the model actually
+    compiled and fitted (see C.distribution_scope).
     """
     (x_train, y_train), (x_test, y_test) = data
+    template, model = model, parallel(model)
     compile_model(model, args.lr, args.lam_recon)
     log_path = os.path.join(args.save_dir, 'log.csv')
     if initial_epoch > 0:
@@ -286,7 +310,7 @@ def train(model, eval_model, data, args, initial_epoch=0):
            EpochStats(),
            nan_guard,
            callbacks.CSVLogger(log_path, append=initial_epoch > 0),
-           WeightsCheckpoint(args.save_dir, nan_guard)]
+           WeightsCheckpoint(args.save_dir, nan_guard, template)]
     if args.debug:
         cbs.append(C.tensorboard(os.path.join(args.save_dir, 'tensorboard-logs'), args.batch_size))
     cbs += early_stopping_callbacks(model, args)
@@ -299,6 +323,8 @@ def train(model, eval_model, data, args, initial_epoch=0):
         augment = utils.efficient_augment if getattr(args, 'augment', None) == 'efficient' else None
         batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed,
                                  augment=augment)
+    if C.KERAS3 and isinstance(batches, ShiftedBatches):
+        cbs.append(BatchesEpoch(batches))
     validation = ([x_test, y_test], [y_test, x_test])
     if is_classifier(model):
         batches, validation = ClassifierBatches(batches), (x_test, y_test)
@@ -311,7 +337,7 @@ def train(model, eval_model, data, args, initial_epoch=0):
                         'trained_model.h5 not written; last good checkpoint: %s'
                         % (epoch + 1, batch, os.path.basename(last[1]) if last else 'none'))
     weights_path = os.path.join(args.save_dir, 'trained_model.h5')
-    C.save_weights_h5(model, weights_path)
+    C.save_weights_h5(template, weights_path)
     print('Trained model saved to %s' % weights_path)
     utils.plot_log(log_path, os.path.join(args.save_dir, 'log.png'))
     return model
@@ -438,6 +464,9 @@ def build_parser():
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
     p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
+                   help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
+                        '--batch_size is split between them and must be divisible by N')
     p.add_argument('--resume', action='store_true',
                    help='continue training from the newest weights-XX.h5 in --save_dir '
                         '(epoch, LR schedule and optimizer state), appending to log.csv')
@@ -618,9 +647,17 @@ def run(args):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t or -w')
     prepare_save_dir(args.save_dir)
+    scope = C.distribution_scope(args.multi_gpu, args.batch_size)
     if args.seed is not None:
         C.set_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = DATASETS[args.dataset](args)
+    with scope as parallel:
+        run_models(args, (x_train, y_train), (x_test, y_test), parallel)
+
+
+def run_models(args, train_data, test_data, parallel):
+    """Builds the --model, then trains and tests it, or tests and manipulates (-t)."""
+    (x_train, y_train), (x_test, y_test) = train_data, test_data
     try:
         model, eval_model, manipulate_model = MODELS[args.model](
             args, x_train.shape[1:], y_train.shape[1])
@@ -634,7 +671,8 @@ def run(args):
         print('Loaded weights from %s' % args.weights)
     initial_epoch = resume_weights(model, args.save_dir) if args.resume else 0
     if not args.testing:
-        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args, initial_epoch)
+        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args, initial_epoch,
+              parallel)
         acc = test(eval_model, (x_test, y_test), args)
     else:
         if args.weights is None:
@@ -774,6 +812,7 @@ def reproduce_table1(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        C.configure_threads()
         if args.reproduce == 'table1':
             reproduce_table1(args)
         else:

@@ -3,6 +3,7 @@
     python benchmarks/bench.py                                 # CapsNet, routings 1/2/3, this backend
     python benchmarks/bench.py --backends tensorflow,torch,jax --compare
     python benchmarks/bench.py --steps 2 --warmup 1 --routings 3 --batch_size 8   # smoke test
+    CAPSNET_THREADS=1 python benchmarks/bench.py --routings 3    # ops on one thread per process
 
 Each configuration runs in its own process (clean peak RSS, one backend per process) and
 prints one JSON line; the parent prints a markdown table. Figures are medians over --steps
@@ -84,6 +85,7 @@ def run_worker(args):
     sys.path.insert(0, ROOT)
     import compat as C
     import capsulenet
+    threads = C.configure_threads()  # CAPSNET_THREADS
     cli = capsulenet.build_parser().parse_args(['--model', args.model, '--routings',
                                                 str(args.routings)])
     train_model, eval_model, _ = capsulenet.MODELS[args.model](cli, (28, 28, 1), 10)
@@ -96,6 +98,7 @@ def run_worker(args):
     infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
     result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,
               'routings': args.routings, 'batch_size': args.batch_size,
+              'threads': threads or 'default',
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
               'infer_images_per_s': round(args.batch_size / infer_s, 1)}
@@ -111,6 +114,7 @@ def run_worker(args):
 COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
            ('train_ms_per_step', 'train ms/step'), ('train_images_per_s', 'train img/s'),
            ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
+           ('threads', 'threads'),
            ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
            ('max_abs_diff', 'max |ours-naive|')]
 
