@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from compat import UserError, atomic_path
+from compat import UserError, atomic_write
 import utils
 
 CANVAS = 40
@@ -312,11 +312,10 @@ def affnist_like(mnist_test, cache_dir=None, seed=0):
     x = generate_affnist_like(x28, seed)
     try:
         os.makedirs(directory, exist_ok=True)
-        tmp = atomic_path(path) + '.npz'
-        np.savez_compressed(tmp, x=np.round(x * 255).astype('uint8'), labels=y.argmax(1))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            np.savez_compressed(tmp, x=np.round(x * 255).astype('uint8'), labels=y.argmax(1))
         print('%s set cached in %s' % (GENERATED_LABEL, path))
-    except OSError as e:
+    except (OSError, UserError) as e:
         print('warning: could not cache the %s set in %s (%s)' % (GENERATED_LABEL, path, e))
     return np.round(x * 255).astype('float32') / 255., y, GENERATED_LABEL
 

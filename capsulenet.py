@@ -616,10 +616,9 @@ def affnist_report(eval_model, expanded_acc, args):
                'paper': {'capsnet': {'expanded_mnist': 0.9923, 'affnist': 0.79},
                          'cnn': {'expanded_mnist': 0.9922, 'affnist': 0.66}}}
     path = os.path.join(args.save_dir, 'affnist_results.json')
-    tmp = C.atomic_path(path)
-    with open(tmp, 'w') as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+    with C.atomic_write(path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=2)
     print('%-8s expanded MNIST: %.4f   %s: %.4f   (paper %s: %.2f%% / %.0f%%)'
           % (args.model, expanded_acc, description, acc, args.model,
              100 * results['paper'].get(args.model, {}).get('expanded_mnist', float('nan')),
@@ -756,10 +755,9 @@ def trim_log(log_path, initial_epoch):
             continue  # a half-written last row from a crash
     if len(kept) - 1 != initial_epoch:
         print('note: %s has %d rows for the %d epochs done' % (log_path, len(kept) - 1, initial_epoch))
-    tmp = C.atomic_path(log_path)
-    with open(tmp, 'w') as f:
-        f.writelines(kept)
-    os.replace(tmp, log_path)
+    with C.atomic_write(log_path) as tmp:
+        with open(tmp, 'w') as f:
+            f.writelines(kept)
 
 
 # ---------------------------------------------------------------- reproduction

@@ -12,6 +12,7 @@ What differs, and how it is settled here:
   HDF5 weights layout with h5py on every stack (see save_weights_h5 / load_weights_h5).
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
+import contextlib
 import os
 import re
 
@@ -270,9 +271,26 @@ def _weight_names(layer):
 
 
 def atomic_path(path):
-    """Temporary name beside path; os.replace(tmp, path) then swaps it in atomically."""
+    """Temporary name beside path (same extension); os.replace(tmp, path) swaps it in atomically."""
     directory, base = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, '.%s.tmp-%d' % (base, os.getpid()))
+    stem, ext = os.path.splitext(base)
+    return os.path.join(directory, '.%s.tmp-%d%s' % (stem, os.getpid(), ext))
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """`with atomic_write(path) as tmp:` write tmp; on success it replaces path in one rename,
+    so a crash or a full disk leaves the previous file whole. An OSError becomes a UserError
+    naming the file, and the temp file is removed."""
+    tmp = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError('cannot write %s: %s' % (path, e.strerror or e))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_weights_h5(model, path):
@@ -284,8 +302,7 @@ def save_weights_h5(model, path):
     leaves the previous file whole.
     """
     import h5py
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         with h5py.File(tmp, 'w') as f:
             f.attrs['keras_version'] = np.bytes_(keras.__version__)
             f.attrs['backend'] = np.bytes_(BACKEND)
@@ -297,11 +314,6 @@ def save_weights_h5(model, path):
                 group.attrs['weight_names'] = [np.bytes_(n) for n in names]
                 for name, value in zip(names, weights):
                     group.create_dataset(name, data=value)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError('cannot write weights file %s: %s' % (path, e.strerror or e))
 
 
 def _decode(value):
@@ -432,15 +444,9 @@ def set_optimizer_state(model, arrays):
 
 def save_arrays_npz(arrays, path):
     """Writes a list of arrays to an .npz file atomically (temp file + rename)."""
-    tmp = atomic_path(path)
-    try:
+    with atomic_write(path) as tmp:
         with open(tmp, 'wb') as f:
             np.savez(f, *arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError('cannot write %s: %s' % (path, e.strerror or e))
 
 
 def load_arrays_npz(path):

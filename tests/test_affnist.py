@@ -3,8 +3,6 @@ the translated-MNIST and affNIST-style generators, and a tiny --dataset affnist 
 import argparse
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 import affnist_loader as A
 import utils
 from compat import UserError
+from helpers import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -284,14 +283,6 @@ def test_early_stopping_callbacks_monitor_validation_accuracy():
 
 
 # ---------------------------------------------------------------- CLI
-def cli(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py')] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          universal_newlines=True, timeout=timeout, cwd=ROOT)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 TINY = ['--dataset', 'affnist', '--train_samples', '300', '--test_samples', '200', '--epochs', '1',
         '--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50', '--seed', '1']
 

@@ -1,36 +1,15 @@
 """The command line: a short real-MNIST run learns, -t -w reproduces it, bad input is one line."""
 import os
-import subprocess
 import sys
 
-import numpy as np
 import pytest
+
+from helpers import accuracy_from, assert_image, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a narrow CapsNet (64 conv1 filters, 8 primary channels) so the run fits in CI
 QUICK = ['--conv1_filters', '64', '--primary_channels', '8', '--batch_size', '50',
          '--train_samples', '10000', '--test_samples', '1000', '--seed', '1']
-
-
-def cli(*args, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py')] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          universal_newlines=True, timeout=timeout, cwd=ROOT)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def accuracy_from(stdout):
-    line = [l for l in stdout.splitlines() if l.startswith('Test accuracy:')][-1]
-    return float(line.split()[2])
-
-
-def assert_image(path, min_std=0.02):
-    import matplotlib.image
-    assert os.path.isfile(path), path
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] >= 28 and image.shape[1] >= 28
-    assert image.std() > min_std, '%s looks blank' % path
 
 
 @pytest.fixture(scope='module')

@@ -1,37 +1,12 @@
 """MNIST idx loading (both naming styles, gz or raw), shifts, image grids, log plots."""
-import gzip
 import os
-import struct
 
 import numpy as np
 import pytest
 
 from compat import UserError
 import utils
-
-
-def write_idx(path, array, magic=None, gz=False, cut=0):
-    array = np.asarray(array, dtype='uint8')
-    magic = magic if magic is not None else 0x800 + array.ndim
-    data = struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape) + array.tobytes()
-    data = data[:len(data) - cut]
-    opener = gzip.open if gz else open
-    with opener(path, 'wb') as f:
-        f.write(data)
-
-
-def fake_mnist(folder, n_train=20, n_test=10, gz=True, style=0, **overrides):
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(0)
-    arrays = {'train_images': rng.randint(0, 256, (n_train, 28, 28)),
-              'train_labels': rng.randint(0, 10, n_train),
-              'test_images': rng.randint(0, 256, (n_test, 28, 28)),
-              'test_labels': rng.randint(0, 10, n_test)}
-    for key, array in arrays.items():
-        name = utils.MNIST_FILES[key][style] + ('.gz' if gz else '')
-        kwargs = overrides.get(key, {})
-        write_idx(os.path.join(folder, name), kwargs.pop('array', array), gz=gz, **kwargs)
-    return arrays
+from helpers import fake_mnist
 
 
 @pytest.mark.parametrize('gz,style', [(True, 0), (False, 0), (False, 1), (True, 1)])

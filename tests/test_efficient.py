@@ -9,7 +9,7 @@ import compat as C
 import capsulenet
 import utils
 from capsulelayers import FCCaps, efficient_squash
-from test_cli import accuracy_from, assert_image, cli
+from helpers import accuracy_from, assert_image, cli
 
 
 # ---------------------------------------------------------------- NumPy references

@@ -1,10 +1,9 @@
 """Table 1 reproduction: the runner trains each configuration, resumes, prints paper vs ours."""
 import os
 
-import pytest
 
 import utils
-from test_cli import cli
+from helpers import cli
 
 TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--digit_dim', '8',
         '--batch_size', '50', '--train_samples', '200', '--test_samples', '100', '--seed', '0']

@@ -25,6 +25,8 @@ import pytest
 import compat as C
 import capsulenet
 import utils
+import helpers
+from helpers import idx_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50']
@@ -32,23 +34,9 @@ NAMES = {key: names[0] + '.gz' for key, names in utils.MNIST_FILES.items()}
 
 
 # ---------------------------------------------------------------- helpers
-def idx_bytes(array, magic=None):
-    array = np.asarray(array, dtype='uint8')
-    magic = 0x800 + array.ndim if magic is None else magic
-    return struct.pack('>%dI' % (1 + array.ndim), magic, *array.shape) + array.tobytes()
-
-
 def fake_mnist(folder, n_train=100, n_test=50):
     """Four gzipped idx files of random digits in folder; returns folder."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(0)
-    arrays = {'train_images': rng.randint(0, 256, (n_train, 28, 28)),
-              'train_labels': rng.randint(0, 10, n_train),
-              'test_images': rng.randint(0, 256, (n_test, 28, 28)),
-              'test_labels': rng.randint(0, 10, n_test)}
-    for key, array in arrays.items():
-        with gzip.open(os.path.join(folder, NAMES[key]), 'wb') as f:
-            f.write(idx_bytes(array))
+    helpers.fake_mnist(folder, n_train, n_test)
     return folder
 
 
