@@ -344,15 +344,15 @@ def train(model, eval_model, data, args, initial_epoch=0, parallel=lambda m: m):
 
 
 def test(eval_model, data, args):
-    """Prints test accuracy / error, writes real_and_recon.png. Returns the accuracy."""
+    """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png.
+    Returns the accuracy."""
     x_test, y_test = data
-    if is_classifier(eval_model):  # no reconstructions to show
-        acc = classifier_accuracy(eval_model, x_test, y_test, args.batch_size)
-        print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
-        return acc
-    y_pred, x_recon = eval_model.predict(x_test, batch_size=args.batch_size)
+    outputs = eval_model.predict(x_test, batch_size=args.batch_size)
+    y_pred, x_recon = (outputs, None) if is_classifier(eval_model) else outputs
     acc = float(np.mean(np.argmax(y_pred, 1) == np.argmax(y_test, 1)))
     print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
+    if x_recon is None:  # the CNN: no reconstructions to show
+        return acc
     n = min(50, len(x_test))
     grid = utils.combine_images(np.concatenate([x_test[:n], x_recon[:n]]), width=10)
     path = os.path.join(args.save_dir, 'real_and_recon.png')
