@@ -150,8 +150,9 @@ class ShiftedBatches(C.Sequence):
     distributed runs prefetch): the BatchesEpoch callback sets e at each epoch's start.
     """
 
-    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None):
-        super(ShiftedBatches, self).__init__()
+    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None, workers=1):
+        super(ShiftedBatches, self).__init__(**C.loader_kwargs(workers))
+        self.workers_wanted = workers
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.max_shift = max_shift
@@ -201,8 +202,9 @@ class TranslatedBatches(ShiftedBatches):
     by 6): every batch re-places each digit's central digit_size box at a fresh uniform random
     position of the canvas (affnist_loader.translated_mnist), so positions change every epoch."""
 
-    def __init__(self, x, y, batch_size, digit_size=28, seed=None):
-        super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed)
+    def __init__(self, x, y, batch_size, digit_size=28, seed=None, workers=1):
+        super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                                workers=workers)
         self.digit_size = digit_size
 
     def augment(self, x, rng):
@@ -214,8 +216,9 @@ class ClassifierBatches(C.Sequence):
     """Wraps CapsNet batches ([x, y], [y, x]) as (x, y) for a plain classifier (--model cnn)."""
 
     def __init__(self, batches):
-        super(ClassifierBatches, self).__init__()
+        super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
         self.batches = batches
+        self.workers_wanted = batches.workers_wanted
 
     def __len__(self):
         return len(self.batches)
@@ -232,13 +235,18 @@ class ClassifierBatches(C.Sequence):
 class WeightsCheckpoint(callbacks.Callback):
     """Writes optimizer-{epoch:02d}.npz (optimizer state) then weights-{epoch:02d}.h5 (legacy
     Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
-    `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one."""
+    `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one.
 
-    def __init__(self, save_dir, nan_guard=None, template=None):
+    keep: how many of the newest pairs stay (0: all); older pairs are removed only after the
+    new pair is on disk whole, so a crash at any moment leaves at least `keep` good pairs.
+    """
+
+    def __init__(self, save_dir, nan_guard=None, template=None, keep=0):
         super(WeightsCheckpoint, self).__init__()
         self.save_dir = save_dir
         self.nan_guard = nan_guard
         self.template = template  # the single-device model behind a multi_gpu_model
+        self.keep = keep
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_guard is not None and self.nan_guard.where is not None:
@@ -248,6 +256,42 @@ class WeightsCheckpoint(callbacks.Callback):
             C.save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
         C.save_weights_h5(self.template or self.model,
                           os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
+        if self.keep > 0:
+            prune_checkpoints(self.save_dir, epoch + 1, self.keep)
+
+
+def prune_checkpoints(save_dir, newest, keep):
+    """Removes the weights-XX.h5 / optimizer-XX.npz pairs of epochs <= newest except the
+    `keep` newest of them. Files of later epochs (a run resumed from an older checkpoint)
+    are left alone: they are overwritten as training reaches them."""
+    done = [epoch for epoch, _ in checkpoints(save_dir) if epoch <= newest]
+    for epoch in done[keep:]:
+        for name in ('weights-%02d.h5' % epoch, 'optimizer-%02d.npz' % epoch):
+            path = os.path.join(save_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+class BestWeights(callbacks.Callback):
+    """Writes best_model.h5 (atomically) at the end of each epoch whose logs[monitor] beats
+    every earlier epoch's, as Keras' ModelCheckpoint(save_best_only=True) does, in this repo's
+    weights format. best: the best value of the epochs before this run (--resume)."""
+
+    def __init__(self, path, monitor, best=None, template=None, nan_guard=None):
+        super(BestWeights, self).__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+        self.template = template
+        self.nan_guard = nan_guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_guard is not None and self.nan_guard.where is not None:
+            return  # weights of a NaN epoch are never anybody's best
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.best is None or value > self.best:
+            self.best = float(value)
+            C.save_weights_h5(self.template or self.model, self.path)
 
 
 class NaNGuard(callbacks.TerminateOnNaN):
@@ -306,11 +350,16 @@ def train(model, eval_model, data, args, initial_epoch=0, parallel=lambda m: m):
         restore_optimizer(model, os.path.join(args.save_dir, 'optimizer-%02d.npz' % initial_epoch))
         trim_log(log_path, initial_epoch)
     nan_guard = NaNGuard()
+    monitor = validation_monitor(model)
+    best_path = os.path.join(args.save_dir, 'best_model.h5')
+    best = logged_best(log_path, monitor) if initial_epoch > 0 and os.path.isfile(best_path) else None
     cbs = [callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(args, epoch)),
            EpochStats(),
            nan_guard,
            callbacks.CSVLogger(log_path, append=initial_epoch > 0),
-           WeightsCheckpoint(args.save_dir, nan_guard, template)]
+           WeightsCheckpoint(args.save_dir, nan_guard, template,
+                             keep=getattr(args, 'keep_checkpoints', 0)),
+           BestWeights(best_path, monitor, best, template, nan_guard)]
     if args.debug:
         cbs.append(C.tensorboard(os.path.join(args.save_dir, 'tensorboard-logs'), args.batch_size))
     cbs += early_stopping_callbacks(model, args)
@@ -322,14 +371,14 @@ def train(model, eval_model, data, args, initial_epoch=0, parallel=lambda m: m):
         max_shift = int(args.shift_fraction * x_train.shape[1])
         augment = utils.efficient_augment if getattr(args, 'augment', None) == 'efficient' else None
         batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed,
-                                 augment=augment)
+                                 augment=augment, workers=getattr(args, 'workers', 1))
     if C.KERAS3 and isinstance(batches, ShiftedBatches):
         cbs.append(BatchesEpoch(batches))
     validation = ([x_test, y_test], [y_test, x_test])
     if is_classifier(model):
         batches, validation = ClassifierBatches(batches), (x_test, y_test)
     C.fit(model, batches, epochs=args.epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
-          validation_data=validation)
+          validation_data=validation, workers=batches.workers_wanted)
     if nan_guard.where is not None:
         epoch, batch = nan_guard.where
         last = latest_checkpoint(args.save_dir)
@@ -467,6 +516,14 @@ def build_parser():
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
                    help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
                         '--batch_size is split between them and must be divisible by N')
+    p.add_argument('--workers', default=1, type=_bounded(int, 1),
+                   help='processes preparing training batches (augmentation); 1: in the training '
+                        'process. Batches are the same for any N (they depend on seed, epoch '
+                        'and index only)')
+    p.add_argument('--keep_checkpoints', default=2, type=_bounded(int, 0), metavar='N',
+                   help='keep only the N newest weights-XX.h5 / optimizer-XX.npz pairs (0: all); '
+                        'best_model.h5 (best validation accuracy) and trained_model.h5 (last '
+                        'epoch) are written besides')
     p.add_argument('--resume', action='store_true',
                    help='continue training from the newest weights-XX.h5 in --save_dir '
                         '(epoch, LR schedule and optimizer state), appending to log.csv')
@@ -585,10 +642,15 @@ class StopAtAccuracy(callbacks.Callback):
             self.model.stop_training = True
 
 
+def validation_monitor(model):
+    """The log column holding the validation accuracy of this kind of model."""
+    return 'val_accuracy' if is_classifier(model) else 'val_capsnet_accuracy'
+
+
 def early_stopping_callbacks(model, args):
     """EarlyStopping (--early_stopping PATIENCE) and StopAtAccuracy (--stop_at_val_acc) on the
     validation accuracy (expanded MNIST for --dataset affnist)."""
-    monitor = 'val_accuracy' if is_classifier(model) else 'val_capsnet_accuracy'
+    monitor = validation_monitor(model)
     cbs = []
     if getattr(args, 'early_stopping', None) is not None:
         cbs.append(callbacks.EarlyStopping(monitor=monitor, mode='max', patience=args.early_stopping,
@@ -600,7 +662,8 @@ def early_stopping_callbacks(model, args):
 
 def translated_batches(x_train, y_train, args, seed):
     """--dataset affnist training batches: digits re-placed at random on 40x40 every epoch."""
-    return TranslatedBatches(x_train, y_train, args.batch_size, seed=seed)
+    return TranslatedBatches(x_train, y_train, args.batch_size, seed=seed,
+                             workers=getattr(args, 'workers', 1))
 
 
 def affnist_report(eval_model, expanded_acc, args):
@@ -758,6 +821,21 @@ def trim_log(log_path, initial_epoch):
     with C.atomic_write(log_path) as tmp:
         with open(tmp, 'w') as f:
             f.writelines(kept)
+
+
+def logged_best(log_path, column):
+    """The largest finite value of `column` in log.csv (the epochs already done), or None."""
+    if not os.path.isfile(log_path):
+        return None
+    values = []
+    with open(log_path, errors='replace') as f:
+        for row in csv.DictReader(f):
+            try:
+                values.append(float(row.get(column)))
+            except (TypeError, ValueError):
+                continue
+    values = [v for v in values if np.isfinite(v)]
+    return max(values) if values else None
 
 
 # ---------------------------------------------------------------- reproduction

@@ -201,16 +201,26 @@ def dense_sequential(units, activations, input_dim, name):
     return stack
 
 
+def loader_kwargs(workers):
+    """Constructor arguments of a Sequence / PyDataset prepared by `workers` processes:
+    Keras 3 takes them in the PyDataset, keras 2.2.4 in fit_generator (see fit)."""
+    if KERAS3:
+        return dict(workers=int(workers), use_multiprocessing=workers > 1)
+    return {}
+
+
 def fit(model, train_data, epochs, validation_data=None, callbacks_list=None, initial_epoch=0,
-        verbose=1):
-    """Trains on a keras Sequence / PyDataset of ((inputs), (targets)) batches."""
+        verbose=1, workers=1):
+    """Trains on a keras Sequence / PyDataset of ((inputs), (targets)) batches, prepared by
+    `workers` processes (1: in this one; Keras 3 reads it from the PyDataset)."""
     # shuffle=False: the Sequence shuffles its samples itself, reproducibly (Keras would
     # also permute the batch order with Python's random, differently on several devices)
     kwargs = dict(epochs=epochs, validation_data=validation_data, callbacks=callbacks_list,
                   initial_epoch=initial_epoch, verbose=verbose, shuffle=False)
     if KERAS3:
         return model.fit(train_data, **kwargs)
-    return model.fit_generator(train_data, steps_per_epoch=len(train_data), **kwargs)
+    return model.fit_generator(train_data, steps_per_epoch=len(train_data), workers=workers,
+                               use_multiprocessing=workers > 1, **kwargs)
 
 
 def pack_batch(inputs, targets):
@@ -293,8 +303,11 @@ def atomic_write(path):
             os.remove(tmp)
 
 
-def save_weights_h5(model, path):
+def save_weights_h5(model, path, dtype=None):
     """Writes the model's weights in the legacy Keras HDF5 layout, atomically.
+
+    dtype: store every array as this type (e.g. 'float16' halves the file; loading casts
+    back to the model's float32 variables); None keeps the variables' own types.
 
     Layout (what keras 2.2.4 save_weights writes and every Keras reads): root attrs
     keras_version, backend, layer_names; one group per layer with attr weight_names and
@@ -313,7 +326,7 @@ def save_weights_h5(model, path):
                 names = _weight_names(layer) if weights else []
                 group.attrs['weight_names'] = [np.bytes_(n) for n in names]
                 for name, value in zip(names, weights):
-                    group.create_dataset(name, data=value)
+                    group.create_dataset(name, data=value if dtype is None else value.astype(dtype))
 
 
 def _decode(value):
@@ -406,6 +419,11 @@ def load_weights_h5(model, path):
             if cur.shape != new.shape:
                 raise UserError('layer %r: model expects weight shape %s, file %s has %s'
                                 % (layer.name, cur.shape, path, new.shape))
+        # a float16 file (pretrained/) loads into the model's own (float32) variables
+        try:
+            arrays = [np.asarray(new, dtype=cur.dtype) for cur, new in zip(current, arrays)]
+        except (ValueError, TypeError) as e:
+            raise UserError('layer %r: weights in %s are not numbers (%s)' % (layer.name, path, e))
         layer.set_weights(arrays)
     return 'full-model' if full_model else 'weights'
 
