@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from compat import UserError, atomic_write
+from safeio import UserError, atomic_write
 import utils
 
 CANVAS = 40
@@ -324,30 +324,27 @@ def affnist_like(mnist_test, cache_dir=None, seed=0):
 EXPANDED_TEST_SEED = 12345  # fixed: the expanded-MNIST test set is the same on every run
 
 
-def expanded_mnist(args):
-    """--dataset affnist: ((x_train, y_train), (x_test, y_test)) for the §5.2 experiment.
+def expanded_mnist(data_dir=None, train_samples=None, test_samples=None, affnist_dir=None,
+                   affnist_cache=None):
+    """--dataset affnist: (train, test, affnist) for the §5.2 experiment.
 
-    x_train: MNIST training digits centred on 40x40 [N, 40, 40, 1] (training batches re-place
-    them at random every epoch: capsulenet.TranslatedBatches); x_test: the expanded MNIST
-    test set, each test digit at one fixed seeded random position on 40x40. Also loads the
-    affNIST evaluation set now (real from --affnist_dir, else generated) into
-    args.affnist_eval = (x, y, description), so a bad file fails before training.
+    train: MNIST training digits centred on 40x40 ([N, 40, 40, 1], one-hot [N, 10]); training
+    batches re-place them at random every epoch (training.TranslatedBatches). test: the
+    expanded MNIST test set, each test digit at one fixed seeded random position on 40x40.
+    affnist = (x, y, description): the affNIST evaluation set (affnist_eval_set), loaded now
+    so that a bad file fails before training. Each set is cut to its first *_samples images.
     """
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(args.data_dir)
-    n_train, n_test = args.train_samples, args.test_samples
-    args.affnist_eval = affnist_eval_set((x_test, y_test), args)
-    x_test, y_test = x_test[:n_test], y_test[:n_test]
-    args.expanded_test_images = len(x_test)
-    return ((pad_to_canvas(x_train[:n_train]), y_train[:n_train]),
-            (translated_mnist(x_test, CANVAS, EXPANDED_TEST_SEED), y_test))
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    affnist = affnist_eval_set((x_test, y_test), test_samples, affnist_dir, affnist_cache)
+    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
+    return ((pad_to_canvas(x_train[:train_samples]), y_train[:train_samples]),
+            (translated_mnist(x_test, CANVAS, EXPANDED_TEST_SEED), y_test), affnist)
 
 
-def affnist_eval_set(mnist_test, args):
-    """(x, y, description) of the affNIST set to test on, cut to --test_samples: the real
-    files when --affnist_dir is given (or data/affnist/ holds them), else the generated
-    affNIST-style set (cached under --affnist_cache, default data/affnist/)."""
-    limit = args.test_samples
-    directory = getattr(args, 'affnist_dir', None)
+def affnist_eval_set(mnist_test, limit=None, directory=None, cache_dir=None):
+    """(x, y, description) of the affNIST set to test on, cut to `limit` images: the real
+    files in `directory` when given (or when data/affnist/ holds them), else the generated
+    affNIST-style set (cached under cache_dir, default data/affnist/)."""
     if directory or find_real_affnist(DEFAULT_AFFNIST_DIR):
         x, y, description = load_affnist(directory or DEFAULT_AFFNIST_DIR, 'test', limit)
         if looks_just_centered(x):
@@ -357,6 +354,4 @@ def affnist_eval_set(mnist_test, args):
                   % (description, 'matches' if matches else 'does NOT match'))
         return x, y, description
     x28, y = mnist_test
-    x, y, description = affnist_like((x28[:limit], y[:limit]), getattr(args, 'affnist_cache', None),
-                                     seed=0)
-    return x, y, description
+    return affnist_like((x28[:limit], y[:limit]), cache_dir, seed=0)

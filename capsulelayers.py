@@ -156,10 +156,6 @@ def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
 
 
 
-CUSTOM_OBJECTS = {'Squash': Squash, 'Length': Length, 'Mask': Mask,
-                  'CapsuleLayer': CapsuleLayer}
-
-
 # ---------------------------------------------------------------- Efficient-CapsNet
 # Mazzia, Salvetti & Chiaberge, "Efficient-CapsNet: capsule network with self-attention
 # routing" (Sci. Rep. 2021): a different squash, depthwise primary capsules and one
@@ -244,6 +240,3 @@ class FCCaps(layers.Layer):
         config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule}
         base = super(FCCaps, self).get_config()
         return dict(list(base.items()) + list(config.items()))
-
-
-CUSTOM_OBJECTS.update({'EfficientSquash': EfficientSquash, 'FCCaps': FCCaps})

@@ -1,4 +1,4 @@
-"""CapsNet on MNIST (Sabour, Frosst & Hinton 2017): train, test, manipulate.
+"""CapsNet on MNIST (Sabour, Frosst & Hinton 2017): the models, their losses and the CLI.
 
 Usage:
     python capsulenet.py                       # train 50 epochs, routings 3
@@ -7,39 +7,39 @@ Usage:
     python capsulenet.py -t -w result/trained_model.h5 --digit 5  # manipulate capsule dims
     python capsulenet.py --dataset affnist --model cnn   # §5.2: translated MNIST -> affNIST
 
-Runs on keras==2.2.4 (TensorFlow 1.x) and on Keras 3 (TensorFlow, JAX or PyTorch backend;
-pick it with KERAS_BACKEND). Outputs go to --save_dir (default ./result).
+This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN) and one registry
+of them (MODELS), the losses, test / manipulate / the affNIST report / the Table 1 runner, and
+the command line, whose flags become plain keyword arguments of `run` at `main`. Training
+itself (batches, callbacks, checkpoints) is training.py's. Runs on keras==2.2.4 and on Keras 3
+(TensorFlow, JAX or PyTorch backend; pick it with KERAS_BACKEND). Outputs go to --save_dir.
 """
 import argparse
-import csv
+import collections
+import json
 import os
-import re
 import shutil
 import sys
-import time
-import zipfile
 
 import numpy as np
 
-import compat as C
-from compat import layers, models, callbacks, UserError
-from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 import affnist_loader
+import compat as C
+import paper
+import training
 import utils
+from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
+from compat import layers, models, callbacks
+from h5weights import load_weights_h5
+from safeio import UserError, atomic_write
 
 
-# ---------------------------------------------------------------- model
-def CapsNet(input_shape, n_class, routings, conv1_filters=256, conv1_kernel=9,
+# ---------------------------------------------------------------- models
+def CapsNet(input_shape, n_class, routings=3, conv1_filters=256, conv1_kernel=9,
             primary_channels=32, primary_dim=8, primary_kernel=9, primary_strides=2,
             digit_dim=16, decoder_units=(512, 1024)):
-    """Builds the three CapsNet models sharing one set of weights.
+    """Builds the three CapsNet models sharing one set of weights (see `capsule_models`).
 
     input_shape: [H, W, C] of the images; n_class: number of digit capsules.
-    Returns (train_model, eval_model, manipulate_model):
-      train_model: [image [batch, H, W, C], label [batch, n_class]]
-                   -> [lengths [batch, n_class], reconstruction [batch, H, W, C]]
-      eval_model: image -> [lengths, reconstruction of the longest capsule]
-      manipulate_model: [image, label, noise [batch, n_class, digit_dim]] -> reconstruction
     Defaults are the paper's MNIST network: 8,215,568 parameters.
     """
     x = layers.Input(shape=tuple(input_shape))
@@ -49,8 +49,41 @@ def CapsNet(input_shape, n_class, routings, conv1_filters=256, conv1_kernel=9,
                              kernel_size=primary_kernel, strides=primary_strides, padding='valid')
     digitcaps = CapsuleLayer(num_capsule=n_class, dim_capsule=digit_dim, routings=routings,
                              name='digitcaps')(primarycaps)
-    out_caps = Length(name='capsnet')(digitcaps)
+    return capsule_models(x, digitcaps, input_shape, decoder_units)
 
+
+def EfficientCapsNet(input_shape, n_class, conv_filters=(32, 64, 64, 128),
+                     conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 1, 2), primary_kernel=9,
+                     primary_dim=8, digit_dim=16, decoder_units=(512, 1024), bn_momentum=0.99):
+    """Efficient-CapsNet (Mazzia et al. 2021): the same three models as `CapsNet`.
+
+    Conv stack (valid padding, ReLU, each followed by BatchNorm) -> depthwise primary
+    capsules [batch, 16, 8] -> FCCaps self-attention routing [batch, n_class, digit_dim]
+    -> lengths. Defaults: the MNIST network, 161,824 trainable parameters without the decoder.
+    """
+    x = layers.Input(shape=tuple(input_shape))
+    h = x
+    for i, (f, k, st) in enumerate(zip(conv_filters, conv_kernels, conv_strides)):
+        h = layers.Conv2D(int(f), int(k), strides=int(st), padding='valid', activation='relu',
+                          kernel_initializer='he_normal', name='conv%d' % (i + 1))(h)
+        h = layers.BatchNormalization(momentum=bn_momentum, name='bn%d' % (i + 1))(h)
+    primarycaps = EfficientPrimaryCap(h, dim_capsule=primary_dim, kernel_size=primary_kernel)
+    digitcaps = FCCaps(n_class, digit_dim, name='digitcaps')(primarycaps)
+    return capsule_models(x, digitcaps, input_shape, decoder_units)
+
+
+def capsule_models(x, digitcaps, input_shape, decoder_units):
+    """The lengths, the decoder (named 'decoder') and the three models on digit capsules.
+
+    x: the image input [batch, H, W, C]; digitcaps: [batch, n_class, digit_dim].
+    Returns (train_model, eval_model, manipulate_model):
+      train_model: [image, label [batch, n_class]]
+                   -> [lengths [batch, n_class], reconstruction [batch, H, W, C]]
+      eval_model: image -> [lengths, reconstruction of the longest capsule]
+      manipulate_model: [image, label, noise [batch, n_class, digit_dim]] -> reconstruction
+    """
+    n_class, digit_dim = C.int_shape(digitcaps)[1:]
+    out_caps = Length(name='capsnet')(digitcaps)
     y = layers.Input(shape=(n_class,))
     masked_by_y = Mask(name='mask')([digitcaps, y])   # training: the true label's capsule
     masked = Mask(name='mask_longest')(digitcaps)      # prediction: the longest capsule
@@ -63,7 +96,6 @@ def CapsNet(input_shape, n_class, routings, conv1_filters=256, conv1_kernel=9,
 
     train_model = models.Model([x, y], [out_caps, decoder(masked_by_y)])
     eval_model = models.Model(x, [out_caps, decoder(masked)])
-
     noise = layers.Input(shape=(n_class, digit_dim))
     noised_digitcaps = layers.Add()([digitcaps, noise])
     masked_noised_y = Mask(name='mask_noised')([noised_digitcaps, y])
@@ -71,41 +103,35 @@ def CapsNet(input_shape, n_class, routings, conv1_filters=256, conv1_kernel=9,
     return train_model, eval_model, manipulate_model
 
 
-# ---------------------------------------------------------------- Efficient-CapsNet
-def EfficientCapsNet(input_shape, n_class, conv_filters=(32, 64, 64, 128),
-                     conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 1, 2), primary_kernel=9,
-                     primary_dim=8, digit_dim=16, decoder_units=(512, 1024), bn_momentum=0.99):
-    """Efficient-CapsNet (Mazzia et al. 2021): the same three models as `CapsNet`.
+def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192), dropout=0.5):
+    """The paper's kind of baseline: three 5x5 ReLU conv layers ('same') with 2x2 max-pooling
+    after the first two, two ReLU FC layers, dropout, softmax. The §5 MNIST baseline's FC 328
+    is widened to 656 so the budget matches CapsNet's on 40x40.
 
-    Conv stack (valid padding, ReLU, each followed by BatchNorm) -> depthwise primary
-    capsules [batch, 16, 8] -> FCCaps self-attention routing [batch, n_class, digit_dim]
-    -> lengths. Decoder (named 'decoder', as in CapsNet) on the masked capsules.
-    Returns (train_model, eval_model, manipulate_model) with CapsNet's inputs and outputs.
-    Defaults: the MNIST network, 161,824 trainable parameters without the decoder.
+    image [batch, H, W, C] -> class probabilities [batch, n_class]. Measured (count_params)
+    on 40x40 with the defaults: 10,990,170 parameters, vs CapsNet on 40x40 11,227,904 without
+    its decoder (13,475,648 with it); on 28x28: 6,707,802.
     """
     x = layers.Input(shape=tuple(input_shape))
     h = x
-    for i, (f, k, st) in enumerate(zip(conv_filters, conv_kernels, conv_strides)):
-        h = layers.Conv2D(int(f), int(k), strides=int(st), padding='valid', activation='relu',
-                          kernel_initializer='he_normal', name='conv%d' % (i + 1))(h)
-        h = layers.BatchNormalization(momentum=bn_momentum, name='bn%d' % (i + 1))(h)
-    primarycaps = EfficientPrimaryCap(h, dim_capsule=primary_dim, kernel_size=primary_kernel)
-    digitcaps = FCCaps(n_class, digit_dim, name='digitcaps')(primarycaps)
-    out_caps = Length(name='capsnet')(digitcaps)
+    for i, filters in enumerate(channels):
+        h = layers.Conv2D(int(filters), 5, padding='same', activation='relu', name='conv%d' % (i + 1))(h)
+        if i < 2:
+            h = layers.MaxPooling2D(2, name='pool%d' % (i + 1))(h)
+    h = layers.Flatten(name='flatten')(h)
+    for i, n in enumerate(units):
+        h = layers.Dense(int(n), activation='relu', name='fc%d' % (i + 1))(h)
+    h = layers.Dropout(dropout, name='dropout')(h)
+    out = layers.Dense(int(n_class), activation='softmax', name='cnn')(h)
+    return models.Model(x, out)
 
-    y = layers.Input(shape=(n_class,))
-    n_pixels = int(np.prod(input_shape))
-    decoder = C.dense_sequential(list(decoder_units) + [n_pixels],
-                                 ['relu'] * len(decoder_units) + ['sigmoid'],
-                                 input_dim=digit_dim * n_class, name='decoder')
-    decoder.add(layers.Reshape(target_shape=tuple(input_shape), name='out_recon'))
 
-    train_model = models.Model([x, y], [out_caps, decoder(Mask(name='mask')([digitcaps, y]))])
-    eval_model = models.Model(x, [out_caps, decoder(Mask(name='mask_longest')(digitcaps))])
-    noise = layers.Input(shape=(n_class, digit_dim))
-    noised = layers.Add()([digitcaps, noise])
-    manipulate_model = models.Model([x, y, noise], decoder(Mask(name='mask_noised')([noised, y])))
-    return train_model, eval_model, manipulate_model
+def CNN(input_shape, n_class, conv1_filters=256):
+    """--model cnn: BaselineCNN with channels (F, F, F/2), F = conv1_filters (256: the paper's
+    256, 256, 128). Returns (model, model, None): no decoder, nothing to manipulate."""
+    f = conv1_filters
+    model = BaselineCNN(input_shape, n_class, channels=(f, f, max(1, f // 2)))
+    return model, model, None
 
 
 def trainable_count(model, exclude=('decoder',)):
@@ -114,6 +140,7 @@ def trainable_count(model, exclude=('decoder',)):
                    if layer.name not in exclude for w in layer.trainable_weights))
 
 
+# ---------------------------------------------------------------- losses
 def margin_loss(y_true, y_pred):
     """Margin loss (Eq. 4): m+ 0.9, m- 0.1, lambda 0.5, summed over classes.
 
@@ -131,293 +158,188 @@ def accuracy(y_true, y_pred):
     return C.cast(C.equal(C.argmax(y_true, -1), C.argmax(y_pred, -1)), C.floatx())
 
 
-def compile_model(model, lr, lam_recon):
-    if is_classifier(model):  # no decoder (--model cnn): softmax + cross-entropy
-        model.compile(optimizer=C.adam(lr), loss='categorical_crossentropy', metrics=[accuracy])
+# ---------------------------------------------------------------- the registry
+# kind 'capsule': [image, label] -> [lengths, reconstruction], margin + lam_recon * MSE loss;
+# kind 'classifier': image -> class probabilities, cross-entropy. flags: the model flags of
+# the CLI that size this model (any other given is an error); recipe: its training defaults.
+ModelSpec = collections.namedtuple('ModelSpec', 'builder kind loss monitor flags recipe')
+ARCH_FLAGS = ('conv1_filters', 'conv1_kernel', 'primary_channels', 'primary_dim',
+              'primary_kernel', 'primary_strides', 'digit_dim')
+CAPSNET_RECIPE = dict(epochs=50, batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0.,
+                      augment='shift', lam_recon=0.392)
+MODELS = {
+    'capsnet': ModelSpec(CapsNet, 'capsule', [margin_loss, 'mse'], 'val_capsnet_accuracy',
+                         ('routings', 'lam_recon') + ARCH_FLAGS, CAPSNET_RECIPE),
+    'efficient': ModelSpec(EfficientCapsNet, 'capsule', [margin_loss, 'mse'],
+                           'val_capsnet_accuracy', ('lam_recon',),
+                           dict(epochs=150, batch_size=16, lr=5e-4, lr_decay=0.97, lr_min=5e-5,
+                                augment='efficient', lam_recon=0.392)),
+    'cnn': ModelSpec(CNN, 'classifier', 'categorical_crossentropy', 'val_accuracy',
+                     ('conv1_filters',), dict(CAPSNET_RECIPE, lam_recon=None)),
+}
+MODEL_FLAGS = ('routings', 'lam_recon') + ARCH_FLAGS
+
+
+def build_models(model, input_shape, n_class, **options):
+    """(train_model, eval_model, manipulate_model or None) of MODELS[model] sized by options
+    (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's)."""
+    options = {k: v for k, v in options.items() if k != 'lam_recon'}
+    try:
+        return MODELS[model].builder(tuple(input_shape), int(n_class), **options)
+    except ValueError as e:
+        raise UserError('cannot build this architecture: %s' % e)
+
+
+def compile_model(model, lr, lam_recon=0.392, spec=None):
+    """Adam(lr) and the loss of spec's kind (default: capsnet's); lam_recon weighs the
+    reconstruction MSE of the capsule models."""
+    spec = spec or MODELS['capsnet']
+    if spec.kind == 'classifier':  # no decoder: softmax + cross-entropy
+        model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[accuracy])
         return
-    model.compile(optimizer=C.adam(lr), loss=[margin_loss, 'mse'],
-                  loss_weights=[1., lam_recon], metrics={'capsnet': [accuracy]})
+    model.compile(optimizer=C.adam(lr), loss=spec.loss, loss_weights=[1., lam_recon],
+                  metrics={'capsnet': [accuracy]})
 
 
 # ---------------------------------------------------------------- data
-class ShiftedBatches(C.Sequence):
-    """Training batches ([images, labels], [labels, images]) with random augmentation.
-
-    Reshuffled every epoch, seeded. By default shifts up to max_shift pixels (zero fill);
-    augment(images [batch, H, W, C], rng) -> same shape replaces the shift when given
-    (e.g. utils.efficient_augment). Batch `index` of epoch e depends on (seed, e, index)
-    only, not on the order or number of times Keras asks for batches (it peeks at batch 0;
-    distributed runs prefetch): the BatchesEpoch callback sets e at each epoch's start.
-    """
-
-    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None, workers=1):
-        super(ShiftedBatches, self).__init__(**C.loader_kwargs(workers))
-        self.workers_wanted = workers
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.max_shift = max_shift
-        self.augment_fn = augment
-        self.seed = np.random.randint(2 ** 31) if seed is None else int(seed) % 2 ** 31
-        self.epoch = 0
-        self.order = np.random.RandomState([self.seed, 0]).permutation(len(x))
-
-    def __len__(self):
-        return int(np.ceil(len(self.x) / float(self.batch_size)))
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        x = self.augment(self.x[idx], np.random.RandomState([self.seed, self.epoch, index + 1]))
-        y = self.y[idx]
-        return C.pack_batch([x, y], [y, x])
-
-    def augment(self, x, rng):
-        """[batch, H, W, C] -> the same images, randomly shifted (or augment_fn(x, rng))."""
-        if self.augment_fn is not None:
-            return self.augment_fn(x, rng)
-        return utils.random_shift(x, self.max_shift, rng)
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.order = np.random.RandomState([self.seed, epoch]).permutation(len(self.x))
-
-    def on_epoch_end(self):
-        # keras 2.2.4's enqueuer calls this between its passes; Keras 3 calls it at moments
-        # that vary with prefetching, so there BatchesEpoch also sets the epoch at its start.
-        self.set_epoch(self.epoch + 1)
+def mnist(data_dir=None, train_samples=None, test_samples=None):
+    """--dataset mnist: (train, test, None), cut to the first train_samples / test_samples
+    images; x: [N, 28, 28, 1], y: one-hot [N, 10]. None: no extra evaluation set."""
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    return ((x_train[:train_samples], y_train[:train_samples]),
+            (x_test[:test_samples], y_test[:test_samples]), None)
 
 
-class BatchesEpoch(callbacks.Callback):
-    """Tells ShiftedBatches (Keras 3) which epoch begins, before its batches are read."""
-
-    def __init__(self, batches):
-        super(BatchesEpoch, self).__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches.set_epoch(epoch)
+# --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
+# -> (train, test, extra evaluation set or None)
+DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist}
+DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache')}
 
 
-class TranslatedBatches(ShiftedBatches):
-    """ShiftedBatches for digits centred on a larger canvas (x: [N, 40, 40, 1], MNIST padded
-    by 6): every batch re-places each digit's central digit_size box at a fresh uniform random
-    position of the canvas (affnist_loader.translated_mnist), so positions change every epoch."""
-
-    def __init__(self, x, y, batch_size, digit_size=28, seed=None, workers=1):
-        super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
-                                                workers=workers)
-        self.digit_size = digit_size
-
-    def augment(self, x, rng):
-        digits = affnist_loader.center_crop(x, self.digit_size)
-        return affnist_loader.translated_mnist(digits, x.shape[1], rng)
+def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
+    """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
+    every epoch; MNIST shifted up to shift_fraction of its size, or augment='efficient'."""
+    if dataset == 'affnist':
+        return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
+    return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
+                                   augment=utils.efficient_augment if augment == 'efficient' else None,
+                                   workers=workers)
 
 
-class ClassifierBatches(C.Sequence):
-    """Wraps CapsNet batches ([x, y], [y, x]) as (x, y) for a plain classifier (--model cnn)."""
-
-    def __init__(self, batches):
-        super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
-        self.batches = batches
-        self.workers_wanted = batches.workers_wanted
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        (x, y), _ = self.batches[index]
-        return x, y
-
-    def on_epoch_end(self):
-        self.batches.on_epoch_end()
+# ---------------------------------------------------------------- run
+def prepare_save_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
+    if not os.access(path, os.W_OK):
+        raise UserError('--save_dir %s is not writable' % path)
 
 
-# ---------------------------------------------------------------- callbacks
-class WeightsCheckpoint(callbacks.Callback):
-    """Writes optimizer-{epoch:02d}.npz (optimizer state) then weights-{epoch:02d}.h5 (legacy
-    Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
-    `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one.
-
-    keep: how many of the newest pairs stay (0: all); older pairs are removed only after the
-    new pair is on disk whole, so a crash at any moment leaves at least `keep` good pairs.
-    """
-
-    def __init__(self, save_dir, nan_guard=None, template=None, keep=0):
-        super(WeightsCheckpoint, self).__init__()
-        self.save_dir = save_dir
-        self.nan_guard = nan_guard
-        self.template = template  # the single-device model behind a multi_gpu_model
-        self.keep = keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.nan_guard is not None and self.nan_guard.where is not None:
-            return
-        state = C.get_optimizer_state(self.model)
-        if state is not None:
-            C.save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
-        C.save_weights_h5(self.template or self.model,
-                          os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
-        if self.keep > 0:
-            prune_checkpoints(self.save_dir, epoch + 1, self.keep)
-
-
-def prune_checkpoints(save_dir, newest, keep):
-    """Removes the weights-XX.h5 / optimizer-XX.npz pairs of epochs <= newest except the
-    `keep` newest of them. Files of later epochs (a run resumed from an older checkpoint)
-    are left alone: they are overwritten as training reaches them."""
-    done = [epoch for epoch, _ in checkpoints(save_dir) if epoch <= newest]
-    for epoch in done[keep:]:
-        for name in ('weights-%02d.h5' % epoch, 'optimizer-%02d.npz' % epoch):
-            path = os.path.join(save_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
-
-
-class BestWeights(callbacks.Callback):
-    """Writes best_model.h5 (atomically) at the end of each epoch whose logs[monitor] beats
-    every earlier epoch's, as Keras' ModelCheckpoint(save_best_only=True) does, in this repo's
-    weights format. best: the best value of the epochs before this run (--resume)."""
-
-    def __init__(self, path, monitor, best=None, template=None, nan_guard=None):
-        super(BestWeights, self).__init__()
-        self.path, self.monitor, self.best = path, monitor, best
-        self.template = template
-        self.nan_guard = nan_guard
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.nan_guard is not None and self.nan_guard.where is not None:
-            return  # weights of a NaN epoch are never anybody's best
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value):
-            return
-        if self.best is None or value > self.best:
-            self.best = float(value)
-            C.save_weights_h5(self.template or self.model, self.path)
+def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
+        resume=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
+        lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
+        keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
+        data_dir=None, train_samples=None, test_samples=None, **options):
+    """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
+    weights given). The arguments are the CLI's flags; options: the model's flags (its
+    MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir)."""
+    if resume and (testing or weights is not None):
+        raise UserError('--resume continues training from --save_dir; it cannot be combined '
+                        'with -t or -w')
+    spec = MODELS[model]
+    data_options = {k: options.pop(k) for k in DATASET_FLAGS[dataset] if k in options}
+    prepare_save_dir(save_dir)
+    scope = C.distribution_scope(multi_gpu, batch_size)
+    if seed is not None:
+        C.set_seed(seed)
+    (x_train, y_train), (x_test, y_test), extra = DATASETS[dataset](
+        data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
+    with scope as parallel:
+        train_model, eval_model, manipulate_model = build_models(
+            model, x_train.shape[1:], y_train.shape[1], **options)
+        train_model.summary()
+        if weights is not None:
+            if load_weights_h5(train_model, weights) == 'full-model':
+                print('note: %s is a full-model file: loaded its weights only (its model config '
+                      'is ignored, nothing in it is executed)' % weights)
+            print('Loaded weights from %s' % weights)
+        if testing:
+            if weights is None:
+                print('No weights are provided. Will test using random initialized weights.')
+            if manipulate_model is not None:
+                manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
+        else:
+            initial_epoch = training.resume_weights(train_model, save_dir) if resume else 0
+            fitted = parallel(train_model)
+            compile_model(fitted, lr, lam_recon, spec)
+            batches = training_batches(dataset, x_train, y_train, batch_size,
+                                       None if seed is None else seed + initial_epoch, workers,
+                                       shift_fraction, augment)
+            validation = ([x_test, y_test], [y_test, x_test])
+            if spec.kind == 'classifier':
+                batches, validation = training.ClassifierBatches(batches), (x_test, y_test)
+            extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping, stop_at_val_acc)
+            if debug:
+                extra_callbacks.append(C.tensorboard(os.path.join(save_dir, 'tensorboard-logs'),
+                                                     batch_size))
+            training.train(fitted, batches, validation, save_dir, epochs,
+                           lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
+                           spec.monitor, initial_epoch, train_model, keep_checkpoints,
+                           extra_callbacks)
+        acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+        if extra is not None:
+            affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
 
 
-class NaNGuard(callbacks.TerminateOnNaN):
-    """Keras TerminateOnNaN (stops training on a NaN/Inf loss) that also records where:
-    `where` = (epoch, batch) of the first bad batch, None while the loss is finite."""
-
-    def __init__(self):
-        super(NaNGuard, self).__init__()
-        self.where = None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_batch_end(self, batch, logs=None):
-        super(NaNGuard, self).on_batch_end(batch, logs)
-        loss = (logs or {}).get('loss')
-        if self.where is None and loss is not None and not np.all(np.isfinite(loss)):
-            self.where = (self.epoch, batch)
-            self.model.stop_training = True
+def early_stopping_callbacks(monitor, patience=None, target=None):
+    """EarlyStopping (--early_stopping PATIENCE) and StopAtAccuracy (--stop_at_val_acc) on the
+    log column `monitor` (the validation accuracy: expanded MNIST for --dataset affnist)."""
+    cbs = []
+    if patience is not None:
+        cbs.append(callbacks.EarlyStopping(monitor=monitor, mode='max', patience=patience,
+                                           verbose=1))
+    if target is not None:
+        cbs.append(training.StopAtAccuracy(monitor, target))
+    return cbs
 
 
-class EpochStats(callbacks.Callback):
-    """Adds `lr` and `epoch_time` (seconds) to each epoch's logs, so CSVLogger records them
-    under the same names on every Keras (Keras 3's scheduler calls it `learning_rate`)."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.pop('learning_rate', None)
-            logs['epoch_time'] = round(time.time() - self.start, 2)
-            logs['lr'] = C.get_learning_rate(self.model)
+# ---------------------------------------------------------------- test / manipulate / report
+def predict(eval_model, kind, x, batch_size):
+    """(class scores [N, n_class], reconstructions [N, H, W, C] or None for a classifier)."""
+    outputs = eval_model.predict(x, batch_size=batch_size)
+    return (outputs, None) if kind == 'classifier' else (outputs[0], outputs[1])
 
 
-# ---------------------------------------------------------------- train / test
-def scheduled_lr(args, epoch):
-    """Learning rate of epoch (from 0): max(lr_min, lr * lr_decay^epoch)."""
-    return max(getattr(args, 'lr_min', None) or 0., args.lr * (args.lr_decay ** epoch))
+def accuracy_of(scores, y):
+    """Fraction of rows whose highest score is the one-hot y's class."""
+    return float(np.mean(np.argmax(scores, 1) == np.argmax(y, 1)))
 
 
-def train(model, eval_model, data, args, initial_epoch=0, parallel=lambda m: m):
-    """Trains `model` on data ((x_train, y_train), (x_test, y_test)); writes to args.save_dir.
-
-    initial_epoch > 0 (--resume, weights already loaded): the optimizer state saved with that
-    checkpoint is restored where present, the LR schedule continues at that epoch and log.csv
-    (trimmed to the epochs before it) is appended to. parallel(model) is the model actually
-    compiled and fitted (see C.distribution_scope).
-    """
-    (x_train, y_train), (x_test, y_test) = data
-    template, model = model, parallel(model)
-    compile_model(model, args.lr, args.lam_recon)
-    log_path = os.path.join(args.save_dir, 'log.csv')
-    if initial_epoch > 0:
-        restore_optimizer(model, os.path.join(args.save_dir, 'optimizer-%02d.npz' % initial_epoch))
-        trim_log(log_path, initial_epoch)
-    nan_guard = NaNGuard()
-    monitor = validation_monitor(model)
-    best_path = os.path.join(args.save_dir, 'best_model.h5')
-    best = logged_best(log_path, monitor) if initial_epoch > 0 and os.path.isfile(best_path) else None
-    cbs = [callbacks.LearningRateScheduler(lambda epoch: scheduled_lr(args, epoch)),
-           EpochStats(),
-           nan_guard,
-           callbacks.CSVLogger(log_path, append=initial_epoch > 0),
-           WeightsCheckpoint(args.save_dir, nan_guard, template,
-                             keep=getattr(args, 'keep_checkpoints', 0)),
-           BestWeights(best_path, monitor, best, template, nan_guard)]
-    if args.debug:
-        cbs.append(C.tensorboard(os.path.join(args.save_dir, 'tensorboard-logs'), args.batch_size))
-    cbs += early_stopping_callbacks(model, args)
-    seed = None if args.seed is None else args.seed + initial_epoch
-    make_batches = TRAIN_BATCHES.get(getattr(args, 'dataset', 'mnist'))
-    if make_batches is not None:
-        batches = make_batches(x_train, y_train, args, seed)
-    else:
-        max_shift = int(args.shift_fraction * x_train.shape[1])
-        augment = utils.efficient_augment if getattr(args, 'augment', None) == 'efficient' else None
-        batches = ShiftedBatches(x_train, y_train, args.batch_size, max_shift, seed=seed,
-                                 augment=augment, workers=getattr(args, 'workers', 1))
-    if C.KERAS3 and isinstance(batches, ShiftedBatches):
-        cbs.append(BatchesEpoch(batches))
-    validation = ([x_test, y_test], [y_test, x_test])
-    if is_classifier(model):
-        batches, validation = ClassifierBatches(batches), (x_test, y_test)
-    C.fit(model, batches, epochs=args.epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
-          validation_data=validation, workers=batches.workers_wanted)
-    if nan_guard.where is not None:
-        epoch, batch = nan_guard.where
-        last = latest_checkpoint(args.save_dir)
-        raise UserError('loss became NaN/Inf in epoch %d (batch %d); training stopped, '
-                        'trained_model.h5 not written; last good checkpoint: %s'
-                        % (epoch + 1, batch, os.path.basename(last[1]) if last else 'none'))
-    weights_path = os.path.join(args.save_dir, 'trained_model.h5')
-    C.save_weights_h5(template, weights_path)
-    print('Trained model saved to %s' % weights_path)
-    utils.plot_log(log_path, os.path.join(args.save_dir, 'log.png'))
-    return model
-
-
-def test(eval_model, data, args):
+def test(eval_model, kind, x_test, y_test, batch_size, save_dir):
     """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png.
     Returns the accuracy."""
-    x_test, y_test = data
-    outputs = eval_model.predict(x_test, batch_size=args.batch_size)
-    y_pred, x_recon = (outputs, None) if is_classifier(eval_model) else outputs
-    acc = float(np.mean(np.argmax(y_pred, 1) == np.argmax(y_test, 1)))
+    y_pred, x_recon = predict(eval_model, kind, x_test, batch_size)
+    acc = accuracy_of(y_pred, y_test)
     print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
     if x_recon is None:  # the CNN: no reconstructions to show
         return acc
     n = min(50, len(x_test))
     grid = utils.combine_images(np.concatenate([x_test[:n], x_recon[:n]]), width=10)
-    path = os.path.join(args.save_dir, 'real_and_recon.png')
+    path = os.path.join(save_dir, 'real_and_recon.png')
     utils.save_image(grid, path)
     print('Reconstructions (real above, reconstructed below) saved to %s' % path)
     return acc
 
 
-def manipulate_latent(model, data, args):
+def manipulate_latent(model, x_test, y_test, digit, seed, save_dir):
     """Writes manipulate-<digit>.png: one row per capsule dimension, columns adding
-    -0.25 .. 0.25 (step 0.05) to that dimension of the digit's capsule."""
-    x_test, y_test = data
-    candidates = np.where(np.argmax(y_test, 1) == args.digit)[0]
+    -0.25 .. 0.25 (step 0.05) to that dimension of the digit's capsule (a test image of
+    `digit` picked with `seed`)."""
+    candidates = np.where(np.argmax(y_test, 1) == digit)[0]
     if len(candidates) == 0:
-        raise UserError('no test image of digit %d in the test set used' % args.digit)
-    index = candidates[np.random.RandomState(args.seed).randint(len(candidates))]
+        raise UserError('no test image of digit %d in the test set used' % digit)
+    index = candidates[np.random.RandomState(seed).randint(len(candidates))]
     x, y = x_test[index:index + 1], y_test[index:index + 1]
     n_class, dim = C.int_shape(model.inputs[2])[1:]
     steps = np.linspace(-0.25, 0.25, 11)
@@ -426,9 +348,74 @@ def manipulate_latent(model, data, args):
         noise[d * len(steps):(d + 1) * len(steps), :, d] = steps[:, None]
     n = len(noise)
     recon = model.predict([np.repeat(x, n, 0), np.repeat(y, n, 0), noise], batch_size=len(steps))
-    path = os.path.join(args.save_dir, 'manipulate-%d.png' % args.digit)
+    path = os.path.join(save_dir, 'manipulate-%d.png' % digit)
     utils.save_image(utils.combine_images(recon, height=dim), path)
     print('Manipulated result saved to %s' % path)
+
+
+def affnist_report(eval_model, model, expanded_acc, expanded_images, affnist_set, batch_size,
+                   save_dir):
+    """Tests on affnist_set = (x, y, description) (real, or 'affNIST-style (generated)'),
+    prints it beside the expanded-MNIST accuracy and writes <save_dir>/affnist_results.json."""
+    x, y, description = affnist_set
+    acc = accuracy_of(predict(eval_model, MODELS[model].kind, x, batch_size)[0], y)
+    results = {'model': model, 'expanded_mnist_accuracy': expanded_acc,
+               'expanded_mnist_images': expanded_images,
+               'affnist_accuracy': acc, 'affnist_images': len(x), 'affnist_set': description,
+               'affnist_generated': description == affnist_loader.GENERATED_LABEL,
+               'paper': paper.AFFNIST}
+    path = os.path.join(save_dir, 'affnist_results.json')
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=2)
+    figures = paper.AFFNIST.get(model, {})
+    print('%-8s expanded MNIST: %.4f   %s: %.4f   (paper %s: %.2f%% / %.0f%%)'
+          % (model, expanded_acc, description, acc, model,
+             100 * figures.get('expanded_mnist', float('nan')),
+             100 * figures.get('affnist', float('nan'))))
+    print('Results saved to %s' % path)
+
+
+# ---------------------------------------------------------------- reproduction
+def _finished(config_dir, epochs):
+    log = os.path.join(config_dir, 'log.csv')
+    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
+        return False
+    with open(log) as f:
+        return sum(1 for _ in f) - 1 >= epochs
+
+
+def reproduce_table1(save_dir='./result', epochs=50, weights=None, **options):
+    """Trains the Table 1 configurations (paper.TABLE1) in turn under <save_dir>/table1/<config>/.
+
+    A configuration already trained for `epochs` is skipped, so re-running the command
+    after an interruption picks up at the first unfinished one. Copies each log.csv to
+    <save_dir>/table1/<config>_<E>ep.csv, then writes table1.md (paper vs ours, printed too)
+    and table1.png (test error and loss curves). options: further `run` arguments.
+    """
+    if options.get('model', 'capsnet') != 'capsnet':
+        raise UserError('--reproduce table1 trains --model capsnet')
+    root = os.path.join(save_dir, 'table1')
+    prepare_save_dir(root)
+    logs = []
+    for name, (_, routings, lam_recon, _) in paper.TABLE1.items():
+        config_dir = os.path.join(root, name)
+        if _finished(config_dir, epochs):
+            print('== %s: already trained for %d epochs, skipped' % (name, epochs))
+        else:
+            print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
+            C.clear_session()
+            run(**dict(options, routings=routings, lam_recon=lam_recon, save_dir=config_dir,
+                       epochs=epochs, weights=weights,
+                       resume=weights is None))  # picks up mid-configuration after a crash
+        logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
+        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
+    table = utils.results_table(logs)
+    with open(os.path.join(root, 'table1.md'), 'w') as f:
+        f.write(table + '\n')
+    utils.plot_log(logs, os.path.join(root, 'table1.png'))
+    print(table)
+    print('Table and curves saved to %s (table1.md, table1.png)' % root)
 
 
 # ---------------------------------------------------------------- CLI
@@ -439,25 +426,29 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, 'error: %s\n' % message)
 
 
-# Training recipe per --model: used for each of these flags the user did not set.
-RECIPES = {
-    'capsnet': dict(epochs=50, batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0.,
-                    augment='shift'),
-    'efficient': dict(epochs=150, batch_size=16, lr=5e-4, lr_decay=0.97, lr_min=5e-5,
-                      augment='efficient'),
-}
-
-
 class RecipeParser(OneLineParser):
-    """OneLineParser that fills the flags left unset (None) from RECIPES[--model]."""
+    """OneLineParser that refuses the model and dataset flags that do not apply to the chosen
+    --model / --dataset, then fills the flags left unset (None) from MODELS[--model].recipe."""
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
-        recipe = RECIPES.get(getattr(namespace, 'model', None), RECIPES['capsnet'])
-        for key, value in recipe.items():
+        model, dataset = getattr(namespace, 'model', 'capsnet'), getattr(namespace, 'dataset', 'mnist')
+        allowed = MODELS[model].flags + DATASET_FLAGS[dataset]
+        for flag in MODEL_FLAGS + DATASET_FLAGS['affnist']:
+            if getattr(namespace, flag, None) is not None and flag not in allowed:
+                self.error('--%s does not apply to --model %s --dataset %s'
+                           % (flag, model, dataset))
+        for key, value in MODELS[model].recipe.items():
             if getattr(namespace, key, None) is None:
                 setattr(namespace, key, value)
         return namespace, extra
+
+
+def _recipe_help(text, key):
+    """text + '(default: capsnet 50, efficient 150)' from the models' recipes."""
+    values = ['%s %s' % (name, spec.recipe[key]) for name, spec in sorted(MODELS.items())
+              if spec.recipe.get(key) is not None]
+    return '%s (default: %s)' % (text, ', '.join(values))
 
 
 def _bounded(kind, low=None, high=None, low_open=False):
@@ -476,27 +467,29 @@ def _bounded(kind, low=None, high=None, low_open=False):
 
 def build_parser():
     p = RecipeParser(description='Capsule Network on MNIST (train, test, manipulate).')
-    p.add_argument('--model', default='capsnet', choices=sorted(MODELS), help='which network')
-    p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS), help='which data')
+    p.add_argument('--model', default='capsnet', choices=sorted(MODELS),
+                   help='which network: capsnet (the paper), efficient (Efficient-CapsNet), cnn (baseline)')
+    p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS),
+                   help='which data: mnist, or affnist (§5.2: translated MNIST, tested on affNIST)')
     p.add_argument('--epochs', default=None, type=_bounded(int, 1),
-                   help='training epochs (default: capsnet 50, efficient 150)')
+                   help=_recipe_help('training epochs', 'epochs'))
     p.add_argument('--batch_size', default=None, type=_bounded(int, 1),
-                   help='images per step (default: capsnet 100, efficient 16)')
+                   help=_recipe_help('images per step', 'batch_size'))
     p.add_argument('--lr', default=None, type=_bounded(float, 0, low_open=True),
-                   help='initial learning rate, Adam (default: capsnet 0.001, efficient 5e-4)')
+                   help=_recipe_help('initial learning rate, Adam', 'lr'))
     p.add_argument('--lr_decay', default=None, type=_bounded(float, 0, 1, low_open=True),
-                   help='learning rate multiplier per epoch: lr_e = max(lr_min, lr * lr_decay^e) '
-                        '(default: capsnet 0.9, efficient 0.97)')
+                   help=_recipe_help('learning rate multiplier per epoch: '
+                                     'lr_e = max(lr_min, lr * lr_decay^e)', 'lr_decay'))
     p.add_argument('--lr_min', default=None, type=_bounded(float, 0),
-                   help='learning rate floor (default: capsnet 0, efficient 5e-5)')
+                   help=_recipe_help('learning rate floor', 'lr_min'))
     p.add_argument('--augment', default=None, choices=['shift', 'efficient'],
-                   help='training augmentation: shift (up to --shift_fraction) or efficient '
-                        '(rotation, shift, squeeze, erase); default: shift for capsnet, '
-                        'efficient for efficient')
-    p.add_argument('--lam_recon', default=0.392, type=_bounded(float, 0),
-                   help='weight of the reconstruction MSE (0.392 = 0.0005 * 784)')
-    p.add_argument('-r', '--routings', default=3, type=_bounded(int, 1),
-                   help='routing iterations (>= 1)')
+                   help=_recipe_help('training augmentation: shift (up to --shift_fraction) or '
+                                     'efficient (rotation, shift, squeeze, erase)', 'augment'))
+    p.add_argument('--lam_recon', default=None, type=_bounded(float, 0),
+                   help=_recipe_help('weight of the reconstruction MSE (0.392 = 0.0005 * 784)',
+                                     'lam_recon'))
+    p.add_argument('-r', '--routings', default=None, type=_bounded(int, 1),
+                   help='routing iterations (>= 1; default 3), --model capsnet')
     p.add_argument('--shift_fraction', default=0.1, type=_bounded(float, 0, 0.5),
                    help='max random shift as a fraction of the image size (0.1 -> 2 px)')
     p.add_argument('--debug', action='store_true', help='write TensorBoard logs')
@@ -542,357 +535,29 @@ def build_parser():
     p.add_argument('--stop_at_val_acc', default=None, type=_bounded(float, 0, 1, low_open=True),
                    help='stop once validation accuracy reaches this (the paper stopped its '
                         'affNIST models at ~0.992 on expanded MNIST)')
-    arch = p.add_argument_group('architecture (defaults: the paper)')
-    arch.add_argument('--conv1_filters', default=256, type=_bounded(int, 1))
-    arch.add_argument('--conv1_kernel', default=9, type=_bounded(int, 1))
-    arch.add_argument('--primary_channels', default=32, type=_bounded(int, 1),
-                      help='primary capsule channels (32 -> 1152 capsules on 28x28)')
-    arch.add_argument('--primary_dim', default=8, type=_bounded(int, 1))
-    arch.add_argument('--primary_kernel', default=9, type=_bounded(int, 1))
-    arch.add_argument('--primary_strides', default=2, type=_bounded(int, 1))
-    arch.add_argument('--digit_dim', default=16, type=_bounded(int, 1))
+    arch = p.add_argument_group('architecture of --model capsnet (defaults: the paper); '
+                                '--model cnn takes --conv1_filters F (channels F, F, F/2)')
+    arch.add_argument('--conv1_filters', default=None, type=_bounded(int, 1), help='default 256')
+    arch.add_argument('--conv1_kernel', default=None, type=_bounded(int, 1), help='default 9')
+    arch.add_argument('--primary_channels', default=None, type=_bounded(int, 1),
+                      help='primary capsule channels (default 32 -> 1152 capsules on 28x28)')
+    arch.add_argument('--primary_dim', default=None, type=_bounded(int, 1), help='default 8')
+    arch.add_argument('--primary_kernel', default=None, type=_bounded(int, 1), help='default 9')
+    arch.add_argument('--primary_strides', default=None, type=_bounded(int, 1), help='default 2')
+    arch.add_argument('--digit_dim', default=None, type=_bounded(int, 1), help='default 16')
     return p
 
 
-def architecture(args):
-    return dict(conv1_filters=args.conv1_filters, conv1_kernel=args.conv1_kernel,
-                primary_channels=args.primary_channels, primary_dim=args.primary_dim,
-                primary_kernel=args.primary_kernel, primary_strides=args.primary_strides,
-                digit_dim=args.digit_dim)
-
-
-def capsnet_from_args(args, input_shape, n_class):
-    """The paper's CapsNet sized by the architecture flags: (train, eval, manipulate) models."""
-    return CapsNet(input_shape, n_class=n_class, routings=args.routings, **architecture(args))
-
-
-def mnist_from_args(args):
-    """MNIST from --data_dir, cut to --train_samples / --test_samples."""
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(args.data_dir)
-    return ((x_train[:args.train_samples], y_train[:args.train_samples]),
-            (x_test[:args.test_samples], y_test[:args.test_samples]))
-
-
-def efficient_from_args(args, input_shape, n_class):
-    """Efficient-CapsNet (its own fixed architecture): (train, eval, manipulate) models."""
-    return EfficientCapsNet(input_shape, n_class=n_class)
-
-
-# --model and --dataset choices: name -> builder(args, input_shape, n_class) / loader(args)
-MODELS = {'capsnet': capsnet_from_args, 'efficient': efficient_from_args}
-DATASETS = {'mnist': mnist_from_args}
-
-
-# ---------------------------------------------------------------- affNIST (paper §5.2)
-def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192), dropout=0.5):
-    """The paper's kind of baseline: three 5x5 ReLU conv layers ('same') with 2x2 max-pooling
-    after the first two, two ReLU FC layers, dropout, softmax. The §5 MNIST baseline's FC 328
-    is widened to 656 so the budget matches CapsNet's on 40x40.
-
-    image [batch, H, W, C] -> class probabilities [batch, n_class]. Measured (count_params)
-    on 40x40 with the defaults: 10,990,170 parameters, vs CapsNet on 40x40 11,227,904 without
-    its decoder (13,475,648 with it); on 28x28: 6,707,802.
-    """
-    x = layers.Input(shape=tuple(input_shape))
-    h = x
-    for i, filters in enumerate(channels):
-        h = layers.Conv2D(int(filters), 5, padding='same', activation='relu', name='conv%d' % (i + 1))(h)
-        if i < 2:
-            h = layers.MaxPooling2D(2, name='pool%d' % (i + 1))(h)
-    h = layers.Flatten(name='flatten')(h)
-    for i, n in enumerate(units):
-        h = layers.Dense(int(n), activation='relu', name='fc%d' % (i + 1))(h)
-    h = layers.Dropout(dropout, name='dropout')(h)
-    out = layers.Dense(int(n_class), activation='softmax', name='cnn')(h)
-    return models.Model(x, out)
-
-
-def cnn_from_args(args, input_shape, n_class):
-    """--model cnn: BaselineCNN with channels (F, F, F/2), F = --conv1_filters (256: the paper's
-    256, 256, 128). Returns (model, model, None): no decoder, nothing to manipulate."""
-    f = args.conv1_filters
-    model = BaselineCNN(input_shape, n_class, channels=(f, f, max(1, f // 2)))
-    return model, model, None
-
-
-def is_classifier(model):
-    """True for a one-input, one-output model (the CNN) rather than a CapsNet with a decoder."""
-    return len(model.inputs) == 1 and len(model.outputs) == 1
-
-
-def classifier_accuracy(model, x, y, batch_size):
-    """Fraction of images whose highest score is the true class; works for both model kinds."""
-    y_pred = model.predict(x, batch_size=batch_size)
-    if isinstance(y_pred, (list, tuple)):
-        y_pred = y_pred[0]
-    return float(np.mean(np.argmax(y_pred, 1) == np.argmax(y, 1)))
-
-
-class StopAtAccuracy(callbacks.Callback):
-    """Stops training at the end of the first epoch whose logs[monitor] >= target."""
-
-    def __init__(self, monitor, target):
-        super(StopAtAccuracy, self).__init__()
-        self.monitor, self.target = monitor, target
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and value >= self.target:
-            print('%s %.4f >= %.4f: stopping' % (self.monitor, value, self.target))
-            self.model.stop_training = True
-
-
-def validation_monitor(model):
-    """The log column holding the validation accuracy of this kind of model."""
-    return 'val_accuracy' if is_classifier(model) else 'val_capsnet_accuracy'
-
-
-def early_stopping_callbacks(model, args):
-    """EarlyStopping (--early_stopping PATIENCE) and StopAtAccuracy (--stop_at_val_acc) on the
-    validation accuracy (expanded MNIST for --dataset affnist)."""
-    monitor = validation_monitor(model)
-    cbs = []
-    if getattr(args, 'early_stopping', None) is not None:
-        cbs.append(callbacks.EarlyStopping(monitor=monitor, mode='max', patience=args.early_stopping,
-                                           verbose=1))
-    if getattr(args, 'stop_at_val_acc', None) is not None:
-        cbs.append(StopAtAccuracy(monitor, args.stop_at_val_acc))
-    return cbs
-
-
-def translated_batches(x_train, y_train, args, seed):
-    """--dataset affnist training batches: digits re-placed at random on 40x40 every epoch."""
-    return TranslatedBatches(x_train, y_train, args.batch_size, seed=seed,
-                             workers=getattr(args, 'workers', 1))
-
-
-def affnist_report(eval_model, expanded_acc, args):
-    """Tests on the affNIST set loaded with the data (real, or 'affNIST-style (generated)'),
-    prints it beside the expanded-MNIST accuracy and writes <save_dir>/affnist_results.json."""
-    import json
-    x, y, description = args.affnist_eval
-    acc = classifier_accuracy(eval_model, x, y, args.batch_size)
-    results = {'model': args.model, 'expanded_mnist_accuracy': expanded_acc,
-               'expanded_mnist_images': args.expanded_test_images,
-               'affnist_accuracy': acc, 'affnist_images': len(x), 'affnist_set': description,
-               'affnist_generated': description == affnist_loader.GENERATED_LABEL,
-               'paper': {'capsnet': {'expanded_mnist': 0.9923, 'affnist': 0.79},
-                         'cnn': {'expanded_mnist': 0.9922, 'affnist': 0.66}}}
-    path = os.path.join(args.save_dir, 'affnist_results.json')
-    with C.atomic_write(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(results, f, indent=2)
-    print('%-8s expanded MNIST: %.4f   %s: %.4f   (paper %s: %.2f%% / %.0f%%)'
-          % (args.model, expanded_acc, description, acc, args.model,
-             100 * results['paper'].get(args.model, {}).get('expanded_mnist', float('nan')),
-             100 * results['paper'].get(args.model, {}).get('affnist', float('nan'))))
-    print('Results saved to %s' % path)
-
-
-MODELS['cnn'] = cnn_from_args
-DATASETS['affnist'] = affnist_loader.expanded_mnist
-TRAIN_BATCHES = {'affnist': translated_batches}   # dataset -> batches(x, y, args, seed); default shifts
-EXTRA_TESTS = {'affnist': affnist_report}         # dataset -> report(eval_model, test_acc, args)
-
-
-def prepare_save_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
-    if not os.access(path, os.W_OK):
-        raise UserError('--save_dir %s is not writable' % path)
-
-
-def run(args):
-    if args.resume and (args.testing or args.weights is not None):
-        raise UserError('--resume continues training from --save_dir; it cannot be combined '
-                        'with -t or -w')
-    prepare_save_dir(args.save_dir)
-    scope = C.distribution_scope(args.multi_gpu, args.batch_size)
-    if args.seed is not None:
-        C.set_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = DATASETS[args.dataset](args)
-    with scope as parallel:
-        run_models(args, (x_train, y_train), (x_test, y_test), parallel)
-
-
-def run_models(args, train_data, test_data, parallel):
-    """Builds the --model, then trains and tests it, or tests and manipulates (-t)."""
-    (x_train, y_train), (x_test, y_test) = train_data, test_data
-    try:
-        model, eval_model, manipulate_model = MODELS[args.model](
-            args, x_train.shape[1:], y_train.shape[1])
-    except ValueError as e:
-        raise UserError('cannot build this architecture: %s' % e)
-    model.summary()
-    if args.weights is not None:
-        if C.load_weights_h5(model, args.weights) == 'full-model':
-            print('note: %s is a full-model file: loaded its weights only (its model config '
-                  'is ignored, nothing in it is executed)' % args.weights)
-        print('Loaded weights from %s' % args.weights)
-    initial_epoch = resume_weights(model, args.save_dir) if args.resume else 0
-    if not args.testing:
-        train(model, eval_model, ((x_train, y_train), (x_test, y_test)), args, initial_epoch,
-              parallel)
-        acc = test(eval_model, (x_test, y_test), args)
-    else:
-        if args.weights is None:
-            print('No weights are provided. Will test using random initialized weights.')
-        if manipulate_model is not None:
-            manipulate_latent(manipulate_model, (x_test, y_test), args)
-        acc = test(eval_model, (x_test, y_test), args)
-    if getattr(args, 'dataset', 'mnist') in EXTRA_TESTS:
-        EXTRA_TESTS[args.dataset](eval_model, acc, args)
-
-
-# ---------------------------------------------------------------- resume
-def checkpoints(save_dir):
-    """[(epoch, path)] of the weights-XX.h5 files in save_dir, newest first."""
-    found = []
-    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
-        match = re.match(r'^weights-(\d+)\.h5$', name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(save_dir, name)))
-    return sorted(found, reverse=True)
-
-
-def latest_checkpoint(save_dir):
-    """(epoch, path) of the newest weights-XX.h5 in save_dir, or None."""
-    found = checkpoints(save_dir)
-    return found[0] if found else None
-
-
-def resume_weights(model, save_dir):
-    """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
-    number of epochs done), 0 when there is none. A damaged newest file is reported and
-    skipped once (the one before it is tried); a second failure is an error."""
-    for tries, (epoch, path) in enumerate(checkpoints(save_dir)):
-        try:
-            C.load_weights_h5(model, path)
-        except UserError as e:
-            if tries > 0:
-                raise
-            print('note: skipping %s: %s' % (path, e))
-            continue
-        print('Resuming after epoch %d from %s' % (epoch, path))
-        return epoch
-    print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
-    return 0
-
-
-def restore_optimizer(model, path):
-    """Loads the optimizer state saved beside a checkpoint; a note (not an error) when it is
-    missing or does not fit, training then goes on with a fresh optimizer."""
-    if not os.path.isfile(path):
-        print('note: %s not found: optimizer state (Adam moments) starts fresh' % path)
-        return
-    try:
-        C.set_optimizer_state(model, C.load_arrays_npz(path))
-    except (UserError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        print('note: optimizer state not restored from %s (%s): it starts fresh' % (path, e))
-        return
-    print('Restored optimizer state from %s' % path)
-
-
-def trim_log(log_path, initial_epoch):
-    """Keeps log.csv's header and its rows of epochs < initial_epoch (rewritten atomically),
-    so that appending the resumed epochs gives each epoch exactly once."""
-    if not os.path.isfile(log_path):
-        return
-    with open(log_path) as f:
-        lines = f.readlines()
-    if not lines:
-        return
-    header = next(csv.reader([lines[0]]))
-    if 'epoch' not in header:
-        raise UserError('%s has no epoch column: cannot resume its log' % log_path)
-    column = header.index('epoch')
-    kept = [lines[0]]
-    for line in lines[1:]:
-        row = next(csv.reader([line]), [])
-        try:
-            if int(float(row[column])) < initial_epoch:
-                kept.append(line if line.endswith('\n') else line + '\n')
-        except (IndexError, ValueError):
-            continue  # a half-written last row from a crash
-    if len(kept) - 1 != initial_epoch:
-        print('note: %s has %d rows for the %d epochs done' % (log_path, len(kept) - 1, initial_epoch))
-    with C.atomic_write(log_path) as tmp:
-        with open(tmp, 'w') as f:
-            f.writelines(kept)
-
-
-def logged_best(log_path, column):
-    """The largest finite value of `column` in log.csv (the epochs already done), or None."""
-    if not os.path.isfile(log_path):
-        return None
-    values = []
-    with open(log_path, errors='replace') as f:
-        for row in csv.DictReader(f):
-            try:
-                values.append(float(row.get(column)))
-            except (TypeError, ValueError):
-                continue
-    values = [v for v in values if np.isfinite(v)]
-    return max(values) if values else None
-
-
-# ---------------------------------------------------------------- reproduction
-# Sabour et al. 2017, Table 1 (plus routing 2, the seed repo's setting): name, routings, lam_recon
-TABLE1_CONFIGS = [('capsnet_r1_norecon', 1, 0.0), ('capsnet_r1_recon', 1, 0.392),
-                  ('capsnet_r2_recon', 2, 0.392), ('capsnet_r3_norecon', 3, 0.0),
-                  ('capsnet_r3_recon', 3, 0.392)]
-
-
-def _finished(config_dir, epochs):
-    log = os.path.join(config_dir, 'log.csv')
-    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
-        return False
-    with open(log) as f:
-        return sum(1 for _ in f) - 1 >= epochs
-
-
-def reproduce_table1(args):
-    """Trains the Table 1 configurations in turn under <save_dir>/table1/<config>/.
-
-    A configuration already trained for --epochs is skipped, so re-running the command
-    after an interruption picks up at the first unfinished one. Copies each log.csv to
-    <save_dir>/table1/<config>_<E>ep.csv, then writes table1.md (paper vs ours, printed too)
-    and table1.png (test error and loss curves).
-    """
-    root = os.path.join(args.save_dir, 'table1')
-    prepare_save_dir(root)
-    logs = []
-    for name, routings, lam_recon in TABLE1_CONFIGS:
-        config_dir = os.path.join(root, name)
-        if _finished(config_dir, args.epochs):
-            print('== %s: already trained for %d epochs, skipped' % (name, args.epochs))
-        else:
-            print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
-            config = argparse.Namespace(**vars(args))
-            config.routings, config.lam_recon, config.save_dir = routings, lam_recon, config_dir
-            config.resume = args.weights is None  # picks up mid-configuration after a crash
-            C.clear_session()
-            run(config)
-        logs.append(os.path.join(root, '%s_%dep.csv' % (name, args.epochs)))
-        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
-    table = utils.results_table(logs)
-    with open(os.path.join(root, 'table1.md'), 'w') as f:
-        f.write(table + '\n')
-    utils.plot_log(logs, os.path.join(root, 'table1.png'))
-    print(table)
-    print('Table and curves saved to %s (table1.md, table1.png)' % root)
-
-
 def main(argv=None):
+    """The command line: flags -> keyword arguments of `run` / `reproduce_table1`; a
+    UserError or OSError is one `error:` line and exit code 2."""
     args = build_parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if v is not None or k not in
+               MODEL_FLAGS + DATASET_FLAGS['affnist']}
+    reproduce = options.pop('reproduce')
     try:
         C.configure_threads()
-        if args.reproduce == 'table1':
-            reproduce_table1(args)
-        else:
-            run(args)
+        (reproduce_table1 if reproduce == 'table1' else run)(**options)
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2

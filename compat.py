@@ -1,6 +1,6 @@
 """The one seam between this repo and the Keras version / backend it runs on.
 
-Every other file imports Keras, tensor ops and weight-file I/O from here, so the
+Every other file imports Keras and tensor ops from here, so the
 differences between keras==2.2.4 (TensorFlow 1.x graph mode) and Keras 3
 (TensorFlow, JAX or PyTorch backend) live in this file only.
 
@@ -8,13 +8,13 @@ What differs, and how it is settled here:
 - tensor ops: keras.backend (2.2.4) vs keras.ops (3): thin wrappers with one signature.
 - batch_dot: 2.2.4 and Keras >= 2.3 disagree for rank > 3 operands (XifengGuo/CapsNet-Keras
   #104); both agree on rank-3 batched matrix products, the only form used here.
-- weights files: Keras 3 refuses save_weights('x.h5'); we write and read the legacy Keras
-  HDF5 weights layout with h5py on every stack (see save_weights_h5 / load_weights_h5).
+- optimizer state, devices (data-parallel training), CPU threads and seeds: each Keras and
+  backend sets them its own way.
+(The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's.)
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
 import contextlib
 import os
-import re
 
 import numpy as np
 
@@ -24,7 +24,9 @@ import keras  # noqa: E402
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
 KERAS3 = KERAS_VERSION >= (3, 0)
 
-from keras import layers, models, optimizers, callbacks, initializers  # noqa: E402
+from keras import layers, models, optimizers, callbacks  # noqa: E402
+
+from safeio import UserError  # noqa: E402,F401 (raised here; C.UserError for callers)
 
 if KERAS3:
     from keras import ops as _ops
@@ -33,12 +35,7 @@ else:
     from keras import backend as _K
     BACKEND = _K.backend()
 
-Layer = layers.Layer
 Sequence = keras.utils.Sequence if not KERAS3 else keras.utils.PyDataset
-
-
-class UserError(Exception):
-    """A problem with the user's input (file, flag, data): printed as one line, no traceback."""
 
 
 # ---------------------------------------------------------------- tensor ops
@@ -47,10 +44,7 @@ if KERAS3:
     def reduce_sum(x, axis=None, keepdims=False):
         return _ops.sum(x, axis=axis, keepdims=keepdims)
 
-    def reduce_mean(x, axis=None, keepdims=False):
-        return _ops.mean(x, axis=axis, keepdims=keepdims)
-
-    sqrt, square, exp, maximum, relu = _ops.sqrt, _ops.square, _ops.exp, _ops.maximum, _ops.relu
+    sqrt, square, exp, relu = _ops.sqrt, _ops.square, _ops.exp, _ops.relu
     reshape, expand_dims, zeros_like, cast = _ops.reshape, _ops.expand_dims, _ops.zeros_like, _ops.cast
     argmax, equal, one_hot = _ops.argmax, _ops.equal, _ops.one_hot
 
@@ -60,25 +54,16 @@ if KERAS3:
     def softmax(x, axis=-1):
         return _ops.softmax(x, axis=axis)
 
-    def matmul(x, y):
-        return _ops.matmul(x, y)
-
     def floatx():
         return keras.backend.floatx()
 else:
     def reduce_sum(x, axis=None, keepdims=False):
         return _K.sum(x, axis=axis, keepdims=keepdims)
 
-    def reduce_mean(x, axis=None, keepdims=False):
-        return _K.mean(x, axis=axis, keepdims=keepdims)
-
-    sqrt, square, exp, maximum, relu = _K.sqrt, _K.square, _K.exp, _K.maximum, _K.relu
+    sqrt, square, exp, relu = _K.sqrt, _K.square, _K.exp, _K.relu
     reshape, expand_dims, zeros_like, cast = _K.reshape, _K.expand_dims, _K.zeros_like, _K.cast
     argmax, equal, one_hot = _K.argmax, _K.equal, _K.one_hot
     transpose, softmax = _K.permute_dimensions, _K.softmax
-
-    def matmul(x, y):
-        return _K.batch_dot(x, y, axes=[x.shape.ndims - 1, y.shape.ndims - 2])
 
     floatx = _K.floatx
 
@@ -173,14 +158,6 @@ def adam(learning_rate):
     return optimizers.Adam(lr=learning_rate)
 
 
-def set_learning_rate(model, value):
-    """Sets the optimizer's learning rate in place."""
-    if KERAS3:
-        model.optimizer.learning_rate.assign(value)
-    else:
-        _K.set_value(model.optimizer.lr, value)
-
-
 def get_learning_rate(model):
     if KERAS3:
         return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -256,178 +233,6 @@ def set_seed(seed):
         tf.set_random_seed(seed)
 
 
-# ---------------------------------------------------------------- weights files
-def _layers_with_weights(model):
-    """[(name, [sublayer names], [arrays])] in topological order, nested models flattened
-    one level as Keras 2.x writes them (the nested model's group holds its sublayers' weights)."""
-    out = []
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        out.append((layer, weights))
-    return out
-
-
-def _weight_names(layer):
-    """'<owner>/<var>:0' names as Keras 2.x writes them, for a layer or a nested model."""
-    names = []
-    owners = layer.layers if hasattr(layer, 'layers') else [layer]
-    for owner in owners:
-        for w in owner.weights:
-            short = w.name.split('/')[-1].split(':')[0]
-            names.append('%s/%s:0' % (owner.name, short))
-    return names
-
-
-def atomic_path(path):
-    """Temporary name beside path (same extension); os.replace(tmp, path) swaps it in atomically."""
-    directory, base = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(base)
-    return os.path.join(directory, '.%s.tmp-%d%s' % (stem, os.getpid(), ext))
-
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """`with atomic_write(path) as tmp:` write tmp; on success it replaces path in one rename,
-    so a crash or a full disk leaves the previous file whole. An OSError becomes a UserError
-    naming the file, and the temp file is removed."""
-    tmp = atomic_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError('cannot write %s: %s' % (path, e.strerror or e))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_weights_h5(model, path, dtype=None):
-    """Writes the model's weights in the legacy Keras HDF5 layout, atomically.
-
-    dtype: store every array as this type (e.g. 'float16' halves the file; loading casts
-    back to the model's float32 variables); None keeps the variables' own types.
-
-    Layout (what keras 2.2.4 save_weights writes and every Keras reads): root attrs
-    keras_version, backend, layer_names; one group per layer with attr weight_names and
-    datasets /<layer>/<owner>/<var>:0. Written to a temp file then renamed, so a crash
-    leaves the previous file whole.
-    """
-    import h5py
-    with atomic_write(path) as tmp:
-        with h5py.File(tmp, 'w') as f:
-            f.attrs['keras_version'] = np.bytes_(keras.__version__)
-            f.attrs['backend'] = np.bytes_(BACKEND)
-            f.attrs['layer_names'] = [np.bytes_(layer.name) for layer in model.layers]
-            for layer in model.layers:
-                group = f.create_group(layer.name)
-                weights = layer.get_weights()
-                names = _weight_names(layer) if weights else []
-                group.attrs['weight_names'] = [np.bytes_(n) for n in names]
-                for name, value in zip(names, weights):
-                    group.create_dataset(name, data=value if dtype is None else value.astype(dtype))
-
-
-def _decode(value):
-    return value.decode('utf8') if isinstance(value, bytes) else str(value)
-
-
-def _read_legacy_groups(f):
-    """{layer name: [arrays]} from a legacy-layout file (weights-only or full-model)."""
-    root = f['model_weights'] if 'model_weights' in f else f
-    out = {}
-    for lname in [_decode(n) for n in root.attrs['layer_names']]:
-        group = root[lname]
-        names = [_decode(n) for n in group.attrs.get('weight_names', [])]
-        out[lname] = [np.asarray(group[n]) for n in names]
-    return out
-
-
-def _snake_case(name):
-    """Keras 3's naming of saved layers: 'CapsuleLayer' -> 'capsule_layer', 'Conv2D' -> 'conv2d'."""
-    name = re.sub(r'(.)([A-Z][a-z]+)', r'\1_\2', re.sub(r'\W+', '', name))
-    return re.sub(r'([a-z])([A-Z])', r'\1_\2', name).lower()
-
-
-def _keras3_group_names(layer_list):
-    """[(layer, group name)] as Keras 3's save_weights names them: by class, not by layer name
-    (the 2nd Conv2D is 'conv2d_1'), in the order of model.layers."""
-    used, out = {}, []
-    for layer in layer_list:
-        key = _snake_case(layer.__class__.__name__)
-        used[key] = used.get(key, -1) + 1
-        out.append((layer, key if used[key] == 0 else '%s_%d' % (key, used[key])))
-    return out
-
-
-def _keras3_arrays(group):
-    """Arrays of one saved layer group (vars/0, vars/1, ...)."""
-    vars_ = group['vars'] if 'vars' in group else {}
-    return [np.asarray(vars_[str(i)]) for i in range(len(vars_))]
-
-
-def _read_keras3_groups(f, model):
-    """{layer name: [arrays]} from a Keras 3 .weights.h5 file (layers/<class name>/vars/<i>)."""
-    out = {}
-    root = f['layers'] if 'layers' in f else f
-    for layer, group_name in _keras3_group_names(model.layers):
-        if group_name not in root:
-            continue
-        group = root[group_name]
-        arrays = _keras3_arrays(group)
-        if hasattr(layer, 'layers') and 'layers' in group:  # nested model: its sublayers in order
-            for sub, sub_name in _keras3_group_names(layer.layers):
-                if sub_name in group['layers']:
-                    arrays += _keras3_arrays(group['layers'][sub_name])
-        out[layer.name] = arrays
-    return out
-
-
-def load_weights_h5(model, path):
-    """Loads weights by layer name from a legacy-layout or Keras 3 .h5 file.
-
-    Never deserializes a model (no Lambda, no pickle): arrays only; a full-model file's
-    model_config is never read. Raises UserError naming the first missing or mismatching
-    layer and both shapes. Returns 'full-model' (a model_weights group was read) or 'weights'.
-    """
-    import h5py
-    if not os.path.isfile(path):
-        raise UserError('weights file not found: %s' % path)
-    try:
-        f = h5py.File(path, 'r')
-    except OSError:
-        raise UserError('not a readable HDF5 weights file (truncated or corrupt?): %s' % path)
-    with f:
-        try:
-            if 'layer_names' in f.attrs or 'model_weights' in f:
-                stored = _read_legacy_groups(f)
-            else:
-                stored = _read_keras3_groups(f, model)
-            full_model = 'model_weights' in f
-        except (KeyError, OSError, ValueError, RuntimeError) as e:
-            raise UserError('weights file %s is damaged or not a Keras weights file (%s)' % (path, e))
-    for layer, current in _layers_with_weights(model):
-        if layer.name not in stored:
-            raise UserError('weights file %s has no layer %r (another architecture?)'
-                            % (path, layer.name))
-        arrays = stored[layer.name]
-        if len(arrays) != len(current):
-            raise UserError('layer %r: model has %d weights, file %s has %d'
-                            % (layer.name, len(current), path, len(arrays)))
-        for cur, new in zip(current, arrays):
-            if cur.shape != new.shape:
-                raise UserError('layer %r: model expects weight shape %s, file %s has %s'
-                                % (layer.name, cur.shape, path, new.shape))
-        # a float16 file (pretrained/) loads into the model's own (float32) variables
-        try:
-            arrays = [np.asarray(new, dtype=cur.dtype) for cur, new in zip(current, arrays)]
-        except (ValueError, TypeError) as e:
-            raise UserError('layer %r: weights in %s are not numbers (%s)' % (layer.name, path, e))
-        layer.set_weights(arrays)
-    return 'full-model' if full_model else 'weights'
-
-
 # ---------------------------------------------------------------- optimizer state (resume)
 def get_optimizer_state(model):
     """The optimizer's variables as numpy arrays (step count, Adam moments), or None before
@@ -458,19 +263,6 @@ def set_optimizer_state(model, arrays):
             v.assign(a)
     else:
         _K.batch_set_value(list(zip(variables, arrays)))
-
-
-def save_arrays_npz(arrays, path):
-    """Writes a list of arrays to an .npz file atomically (temp file + rename)."""
-    with atomic_write(path) as tmp:
-        with open(tmp, 'wb') as f:
-            np.savez(f, *arrays)
-
-
-def load_arrays_npz(path):
-    """The arrays of an .npz written by save_arrays_npz, in order (no pickle)."""
-    with np.load(path, allow_pickle=False) as data:
-        return [data['arr_%d' % i] for i in range(len(data.files))]
 
 
 # ---------------------------------------------------------------- several devices
@@ -509,7 +301,6 @@ def distribution_scope(n_devices, batch_size):
         with XLA_FLAGS=--xla_force_host_platform_device_count=N).
       keras 2.2.4: keras.utils.multi_gpu_model (GPUs only). PyTorch: not supported.
     """
-    import contextlib
     n_devices = int(n_devices or 0)
     multi_worker = BACKEND == 'tensorflow' and bool(os.environ.get('TF_CONFIG'))
     if n_devices <= 1 and not multi_worker:
@@ -552,7 +343,6 @@ def distribution_scope(n_devices, batch_size):
 
 def _yielding(scope, value):
     """The context manager `scope`, entering it gives `value`."""
-    import contextlib
 
     @contextlib.contextmanager
     def wrapped():

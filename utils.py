@@ -1,4 +1,4 @@
-"""Data loading, augmentation and plots for the CapsNet CLI.
+"""Data loading, augmentation, image grids and training-log plots; no Keras.
 
     python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
     python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
@@ -13,7 +13,8 @@ import zlib
 
 import numpy as np
 
-from compat import UserError
+from paper import TABLE1
+from safeio import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST_DIR = os.path.join(HERE, 'data', 'mnist')
@@ -240,16 +241,6 @@ def plot_log(csv_paths, out_path=None, show=False):
     plt.close(fig)
 
 
-# Sabour et al. 2017, Table 1: MNIST test error % (mean ± std of 3 trials), by log name
-PAPER_TABLE1 = {
-    'capsnet_r1_norecon': ('CapsNet, routing 1, no reconstruction', '0.34 ± 0.032'),
-    'capsnet_r1_recon': ('CapsNet, routing 1, reconstruction', '0.29 ± 0.011'),
-    'capsnet_r2_recon': ('CapsNet, routing 2, reconstruction', '–'),
-    'capsnet_r3_norecon': ('CapsNet, routing 3, no reconstruction', '0.35 ± 0.036'),
-    'capsnet_r3_recon': ('CapsNet, routing 3, reconstruction', '0.25 ± 0.005'),
-}
-
-
 def results_table(csv_paths):
     """Markdown table: configuration | paper test error | ours | epochs, from CSV logs.
 
@@ -260,9 +251,9 @@ def results_table(csv_paths):
     lines = ['| configuration | paper test error % | ours % | epochs | log |',
              '|---|---|---|---|---|']
     for name, frame in read_logs(csv_paths):
-        key = next((k for k in sorted(PAPER_TABLE1, key=len, reverse=True)
+        key = next((k for k in sorted(TABLE1, key=len, reverse=True)
                     if name == k or name.startswith(k + '_')), None)
-        config, paper = PAPER_TABLE1.get(key, (name, '–'))
+        config, _, _, paper = TABLE1.get(key, (name, None, None, '–'))
         col = _test_accuracy_column(frame)
         ours = '%.2f' % (100 * (1 - frame[col].iloc[-1])) if col else '–'
         lines.append('| %s | %s | %s | %d | %s.csv |' % (config, paper, ours, len(frame), name))
@@ -270,6 +261,10 @@ def results_table(csv_paths):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['perturb']:
+        import viewer  # only here: the viewer needs Keras, plot and table must not load it
+        return viewer.main(argv[1:])
     parser = argparse.ArgumentParser(description='Plots for CapsNet training logs.')
     sub = parser.add_subparsers(dest='command')
     plot = sub.add_parser('plot', help='plot one or several Keras CSVLogger log files')
@@ -279,13 +274,11 @@ def main(argv=None):
                                          "paper's Table 1, from CSV logs")
     table.add_argument('csv', nargs='+', help='log files named <config>[_suffix].csv, e.g. '
                                               'capsnet_r3_recon_50ep.csv')
-    add_perturb_parser(sub)
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != 'perturb':
-        parser.error('unrecognized arguments: %s' % ' '.join(extra))
+    sub.add_parser('perturb', add_help=False,
+                   help='interactive capsule-dimension perturbation viewer (matplotlib); '
+                        'see python utils.py perturb -h')
+    args = parser.parse_args(argv)
     try:
-        if args.command == 'perturb':
-            return perturb_command(args, extra)
         if args.command == 'plot':
             plot_log(args.csv, args.out)
             print('wrote %s' % args.out)
@@ -359,159 +352,6 @@ def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
         image[y0:y0 + erase_size, x0:x0 + erase_size] = 0
         out[i] = np.clip(image, 0, 1)
     return out
-
-
-# ---------------------------------------------------------------- perturbation viewer
-class PerturbationViewer(object):
-    """Interactive figure: move the 16 dimensions of the winning capsule, watch the decoder.
-
-    eval_model: image [batch, H, W, C] -> [lengths [batch, n_class], reconstruction];
-    manipulate_model: [image, one-hot y [batch, n_class], noise [batch, n_class, dim]]
-    -> reconstruction [batch, H, W, C] (the models capsulenet's builders return).
-    images: [N, H, W, C] to choose from. Shows the input, the live reconstruction and the
-    capsule lengths as bars; one slider per capsule dimension (+-value_range, step), an
-    image-index slider and a Reset button. Works with any matplotlib backend (Agg in tests,
-    %matplotlib widget in notebooks).
-    """
-
-    def __init__(self, eval_model, manipulate_model, images, index=0, value_range=0.30,
-                 step=0.05):
-        import compat as C
-        import matplotlib.pyplot as plt
-        from matplotlib.widgets import Button, Slider
-        self.eval_model, self.manipulate_model = eval_model, manipulate_model
-        self.images = np.asarray(images, dtype='float32')
-        if not len(self.images):
-            raise UserError('no images to show in the perturbation viewer')
-        self.n_class, self.dim = [int(d) for d in C.int_shape(manipulate_model.inputs[2])[1:]]
-        self._muted = False
-        self.figure = plt.figure(figsize=(11, 8))
-        self.ax_input = self.figure.add_axes([0.03, 0.55, 0.28, 0.4])
-        self.ax_recon = self.figure.add_axes([0.35, 0.55, 0.28, 0.4])
-        self.ax_bars = self.figure.add_axes([0.70, 0.58, 0.27, 0.35])
-        self.sliders = []
-        for d in range(self.dim):
-            column, row = divmod(d, (self.dim + 1) // 2)
-            ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
-            slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
-                            valstep=step)
-            slider.on_changed(self.update)
-            self.sliders.append(slider)
-        ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
-        self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
-                                   valinit=int(index), valstep=1, valfmt='%d')
-        self.index_slider.on_changed(lambda value: self.select(int(value)))
-        self.reset_button = Button(self.figure.add_axes([0.78, 0.03, 0.12, 0.05]), 'Reset')
-        self.reset_button.on_clicked(self.reset)
-        self.input_image = self.recon_image = self.bars = None
-        self.select(int(index))
-
-    def _show(self, ax, image, current):
-        image = image[..., 0] if image.shape[-1] == 1 else image
-        if current is None:
-            current = ax.imshow(image, cmap='gray', vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        else:
-            current.set_data(image)
-        return current
-
-    def select(self, index):
-        """Shows image `index`: its class is the longest capsule; sliders back to 0."""
-        if not 0 <= index < len(self.images):
-            raise UserError('image index %d out of range 0..%d' % (index, len(self.images) - 1))
-        self.index = index
-        self.x = self.images[index:index + 1]
-        lengths = np.asarray(self.eval_model.predict(self.x, verbose=0)[0])[0]
-        self.label = int(np.argmax(lengths))
-        self.y = np.eye(self.n_class, dtype='float32')[[self.label]]
-        self.input_image = self._show(self.ax_input, self.x[0], self.input_image)
-        self.ax_input.set_title('input #%d' % index)
-        self.ax_bars.clear()
-        self.bars = self.ax_bars.bar(range(self.n_class), lengths, color='gray')
-        self.bars[self.label].set_color('tab:red')
-        self.ax_bars.set_ylim(0, 1)
-        self.ax_bars.set_xticks(range(self.n_class))
-        self.ax_bars.set_title('capsule lengths (class %d)' % self.label)
-        self.reset()
-
-    def noise(self):
-        """Slider values on the winning capsule's row: [1, n_class, dim]."""
-        noise = np.zeros((1, self.n_class, self.dim), dtype='float32')
-        noise[0, self.label] = [round(s.val, 6) for s in self.sliders]  # snapping leaves 1e-17
-        return noise
-
-    def reconstruction(self):
-        """Decoder output for the current image and slider values: [H, W, C]."""
-        return np.asarray(self.manipulate_model.predict([self.x, self.y, self.noise()],
-                                                        verbose=0))[0]
-
-    def update(self, _value=None):
-        if self._muted:
-            return
-        self.recon_image = self._show(self.ax_recon, self.reconstruction(), self.recon_image)
-        self.ax_recon.set_title('reconstruction')
-        self.figure.canvas.draw_idle()
-
-    def reset(self, _event=None):
-        """All dimension sliders back to 0, then one redraw."""
-        self._muted = True
-        try:
-            for slider in self.sliders:
-                slider.reset()
-        finally:
-            self._muted = False
-        self.update()
-
-
-def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=100,
-                 model_args=()):
-    """PerturbationViewer on the first test_samples MNIST test images for a trained model.
-
-    weights: .h5 from capsulenet.py; model: a capsulenet.MODELS name; model_args: further
-    capsulenet.py flags (e.g. ['--conv1_filters', '64']) so the architecture matches.
-    """
-    import capsulenet  # here, not at the top: capsulenet imports this module
-    cli = capsulenet.build_parser().parse_args(['--model', model] + list(model_args))
-    x_test = load_mnist(data_dir)[1][0][:test_samples]
-    train_model, eval_model, manipulate_model = capsulenet.MODELS[model](
-        cli, x_test.shape[1:], 10)
-    import compat as C
-    C.load_weights_h5(train_model, weights)
-    return PerturbationViewer(eval_model, manipulate_model, x_test, index=index)
-
-
-def add_perturb_parser(sub):
-    perturb = sub.add_parser(
-        'perturb', help='interactive capsule-dimension perturbation viewer (matplotlib); '
-                        'further capsulenet.py architecture flags are passed through')
-    perturb.add_argument('-w', '--weights', required=True, help='trained weights .h5')
-    perturb.add_argument('--model', default='capsnet', choices=['capsnet', 'efficient'],
-                         help='architecture the weights belong to')
-    perturb.add_argument('--index', default=0, type=int, help='first test image shown')
-    perturb.add_argument('--test_samples', default=100, type=int,
-                         help='how many MNIST test images the chooser offers')
-    perturb.add_argument('--data_dir', default=None, help='folder with the MNIST idx files')
-    perturb.add_argument('--out', default=None,
-                         help='save the figure to this PNG instead of opening a window')
-
-
-def perturb_command(args, model_args):
-    if not 0 <= args.index < args.test_samples:
-        raise UserError('--index %d must be in 0..%d (--test_samples %d)'
-                        % (args.index, args.test_samples - 1, args.test_samples))
-    import matplotlib
-    if args.out:
-        matplotlib.use('Agg')
-    viewer = build_viewer(args.weights, args.model, args.index, args.data_dir,
-                          args.test_samples, model_args)
-    import matplotlib.pyplot as plt
-    if args.out:
-        viewer.figure.savefig(args.out)
-        print('wrote %s' % args.out)
-    else:
-        plt.show()
-    return 0
 
 
 if __name__ == '__main__':

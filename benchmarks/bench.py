@@ -86,10 +86,9 @@ def run_worker(args):
     import compat as C
     import capsulenet
     threads = C.configure_threads()  # CAPSNET_THREADS
-    cli = capsulenet.build_parser().parse_args(['--model', args.model, '--routings',
-                                                str(args.routings)])
-    train_model, eval_model, _ = capsulenet.MODELS[args.model](cli, (28, 28, 1), 10)
-    capsulenet.compile_model(train_model, 1e-3, 0.392)
+    options = {'routings': args.routings} if 'routings' in capsulenet.MODELS[args.model].flags else {}
+    train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
+    capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model])
     rng = np.random.RandomState(0)
     x = rng.rand(args.batch_size, 28, 28, 1).astype('float32')
     y = np.eye(10, dtype='float32')[rng.randint(0, 10, args.batch_size)]

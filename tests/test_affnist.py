@@ -1,6 +1,5 @@
 """affNIST: the real-file reader on small .mat fixtures in the exact struct layout, pixel order,
 the translated-MNIST and affNIST-style generators, and a tiny --dataset affnist CLI run."""
-import argparse
 import json
 import os
 import zipfile
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 import affnist_loader as A
+import training
 import utils
 from compat import UserError
 from helpers import cli
@@ -180,7 +180,7 @@ def test_translated_batches_replace_digits_every_epoch(mnist_test):
     import capsulenet
     x28, y = mnist_test
     centred = A.pad_to_canvas(x28[:20])
-    batches = capsulenet.TranslatedBatches(centred, y[:20], batch_size=10, seed=3)
+    batches = training.TranslatedBatches(centred, y[:20], batch_size=10, seed=3)
     (x1, y1), (t_y, t_x) = batches[0]
     assert x1.shape == (10, 40, 40, 1)
     np.testing.assert_array_equal(t_x, x1)
@@ -195,7 +195,7 @@ def test_translated_batches_replace_digits_every_epoch(mnist_test):
         for i, x in zip(batches.order[start:start + 10], xb):
             moved += i in first and not np.array_equal(first[i], x)
     assert moved >= 7
-    x_only, y_only = capsulenet.ClassifierBatches(batches)[0]
+    x_only, y_only = training.ClassifierBatches(batches)[0]
     assert x_only.shape == (10, 40, 40, 1) and y_only.shape == (10, 10)
 
 
@@ -255,24 +255,23 @@ def test_affnist_like_cached_npz_reused_and_rebuilt(tmp_path, mnist_test, monkey
 
 
 def test_expanded_mnist_loader_shapes_and_fixed_test_set(tmp_path):
-    args = argparse.Namespace(data_dir=None, train_samples=50, test_samples=30, affnist_dir=None,
-                              affnist_cache=str(tmp_path))
-    (x_train, y_train), (x_test, y_test) = A.expanded_mnist(args)
+    kwargs = dict(train_samples=50, test_samples=30, affnist_cache=str(tmp_path))
+    (x_train, y_train), (x_test, y_test), affnist = A.expanded_mnist(**kwargs)
     assert x_train.shape == (50, 40, 40, 1) and y_train.shape == (50, 10)
     assert A.looks_just_centered(x_train)
     assert x_test.shape == (30, 40, 40, 1) and not A.looks_just_centered(x_test)
-    (_, _), (x_test2, _) = A.expanded_mnist(args)
+    (_, _), (x_test2, _), _ = A.expanded_mnist(**kwargs)
     np.testing.assert_array_equal(x_test, x_test2)
-    x_aff, y_aff, description = args.affnist_eval
+    x_aff, y_aff, description = affnist
     assert x_aff.shape == (30, 40, 40, 1) and description == A.GENERATED_LABEL
     np.testing.assert_array_equal(y_aff, y_test)
 
 
 def test_early_stopping_callbacks_monitor_validation_accuracy():
     import capsulenet
-    args = argparse.Namespace(early_stopping=3, stop_at_val_acc=0.99)
     cnn = capsulenet.BaselineCNN((40, 40, 1), 10, channels=(4, 4, 2), units=(8, 8))
-    stop, at = capsulenet.early_stopping_callbacks(cnn, args)
+    monitor = capsulenet.MODELS['cnn'].monitor
+    stop, at = capsulenet.early_stopping_callbacks(monitor, patience=3, target=0.99)
     assert stop.monitor == 'val_accuracy' and stop.patience == 3 and at.monitor == 'val_accuracy'
     at.set_model(cnn)
     cnn.stop_training = False
@@ -284,7 +283,7 @@ def test_early_stopping_callbacks_monitor_validation_accuracy():
 
 # ---------------------------------------------------------------- CLI
 TINY = ['--dataset', 'affnist', '--train_samples', '300', '--test_samples', '200', '--epochs', '1',
-        '--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50', '--seed', '1']
+        '--conv1_filters', '16', '--batch_size', '50', '--seed', '1']
 
 
 def read_results(save_dir):
@@ -295,7 +294,8 @@ def read_results(save_dir):
 def test_cli_capsnet_generated_affnist(tmp_path):
     save = str(tmp_path / 'caps')
     code, out, err = cli('--model', 'capsnet', '--save_dir', save, '--affnist_cache',
-                         str(tmp_path / 'cache'), '--stop_at_val_acc', '0.99', *TINY)
+                         str(tmp_path / 'cache'), '--stop_at_val_acc', '0.99', '--primary_channels', '4',
+                         *TINY)
     assert code == 0, err[-3000:]
     r = read_results(save)
     assert r['affnist_set'] == 'affNIST-style (generated)' and r['affnist_generated'] is True

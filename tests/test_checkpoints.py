@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import compat as C
+import h5weights  # noqa: E402
 import capsulenet
 import helpers
+import training
 
 TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50', '--seed', '0']
 
@@ -70,7 +72,7 @@ def test_prune_leaves_later_epochs_alone(tmp_path):
     for epoch in (1, 2, 3, 7):
         for name in ('weights-%02d.h5', 'optimizer-%02d.npz'):
             (tmp_path / (name % epoch)).write_bytes(b'x')
-    capsulenet.prune_checkpoints(str(tmp_path), 3, 1)
+    training.prune_checkpoints(str(tmp_path), 3, 1)
     assert sorted(os.listdir(str(tmp_path))) == ['optimizer-03.npz', 'optimizer-07.npz',
                                                  'weights-03.h5', 'weights-07.h5']
 
@@ -78,7 +80,7 @@ def test_prune_leaves_later_epochs_alone(tmp_path):
 def test_best_weights_follow_the_best_epoch(tmp_path):
     model = tiny_model()
     path = str(tmp_path / 'best_model.h5')
-    best = capsulenet.BestWeights(path, 'val_capsnet_accuracy')
+    best = training.BestWeights(path, 'val_capsnet_accuracy')
     best.set_model(model)
     kernel = model.get_layer('conv1')
     written = {}
@@ -111,12 +113,12 @@ def test_resume_keeps_an_earlier_better_best_model(capsys, tmp_path, data_dir):
 def test_float16_file_loads_into_float32_variables(tmp_path):
     model = tiny_model()
     path = str(tmp_path / 'half.h5')
-    C.save_weights_h5(model, path, dtype='float16')
+    h5weights.save_weights_h5(model, path, dtype='float16')
     with h5py.File(path, 'r') as f:
         assert f['conv1']['conv1/kernel:0'].dtype == np.float16
     original = model.get_weights()
     other = tiny_model()
-    C.load_weights_h5(other, path)
+    h5weights.load_weights_h5(other, path)
     for a, b in zip(original, other.get_weights()):
         assert b.dtype == np.float32
         np.testing.assert_array_equal(b, a.astype('float16').astype('float32'))

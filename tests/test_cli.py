@@ -65,11 +65,12 @@ def test_bad_input_is_one_line(args, message, tmp_path):
 def test_weights_of_other_architecture(tmp_path):
     sys.path.insert(0, ROOT)
     import compat as C
+    import h5weights
     from capsulenet import CapsNet
     C.clear_session()
     model, _, _ = CapsNet((28, 28, 1), 5, 3, conv1_filters=64, primary_channels=8)
     path = str(tmp_path / 'other.h5')
-    C.save_weights_h5(model, path)
+    h5weights.save_weights_h5(model, path)
     code, out, err = cli('-t', '-w', path, '--save_dir', str(tmp_path), *QUICK)
     assert code != 0 and 'Traceback' not in err
     assert 'digitcaps' in err.strip().splitlines()[-1]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import compat as C
+import h5weights  # noqa: E402
 import capsulenet
+import training
 import utils
 from capsulelayers import FCCaps, efficient_squash
 from helpers import accuracy_from, assert_image, cli
@@ -111,10 +113,10 @@ def test_recipe_defaults_per_model_and_explicit_flags_win():
     f = parse(['--model', 'efficient', '--batch_size', '32', '--lr', '0.01'])
     assert (f.batch_size, f.lr, f.epochs) == (32, 0.01, 150)
     # x0.97 per epoch down to the floor: 5e-4 * 0.97^e < 5e-5 from epoch 76
-    assert capsulenet.scheduled_lr(e, 0) == 5e-4
-    assert abs(capsulenet.scheduled_lr(e, 10) - 5e-4 * 0.97 ** 10) < 1e-12
-    assert capsulenet.scheduled_lr(e, 100) == 5e-5
-    assert abs(capsulenet.scheduled_lr(a, 100) - 0.001 * 0.9 ** 100) < 1e-15
+    assert training.scheduled_lr(0, e.lr, e.lr_decay, e.lr_min) == 5e-4
+    assert abs(training.scheduled_lr(10, e.lr, e.lr_decay, e.lr_min) - 5e-4 * 0.97 ** 10) < 1e-12
+    assert training.scheduled_lr(100, e.lr, e.lr_decay, e.lr_min) == 5e-5
+    assert abs(training.scheduled_lr(100, a.lr, a.lr_decay, a.lr_min) - 0.001 * 0.9 ** 100) < 1e-15
 
 
 # ---------------------------------------------------------------- augmentation
@@ -145,7 +147,7 @@ def test_augment_pieces():
 def test_batches_use_the_augment_function():
     x = np.ones((5, 4, 4, 1), 'float32')
     y = np.eye(10, dtype='float32')[:5]
-    batches = capsulenet.ShiftedBatches(x, y, 2, 0, seed=0,
+    batches = training.ShiftedBatches(x, y, 2, 0, seed=0,
                                         augment=lambda images, rng: images * 0 + 0.5)
     (bx, by), (ty, tx) = batches[0]
     assert np.all(np.asarray(bx) == 0.5) and np.all(np.asarray(tx) == 0.5)
@@ -162,7 +164,7 @@ def test_short_training_run_learns():
     C.set_seed(1)
     train_model, eval_model, _ = capsulenet.EfficientCapsNet((28, 28, 1), 10, bn_momentum=0.9)
     capsulenet.compile_model(train_model, 2e-3, 0.392)
-    batches = capsulenet.ShiftedBatches(x_train[:300], y_train[:300], 16, 0, seed=1)
+    batches = training.ShiftedBatches(x_train[:300], y_train[:300], 16, 0, seed=1)
     C.fit(train_model, batches, epochs=3, verbose=0)
     lengths, _ = eval_model.predict(x_test[:300], verbose=0)
     accuracy = np.mean(lengths.argmax(1) == y_test[:300].argmax(1))
@@ -198,7 +200,7 @@ def test_cli_capsnet_weights_into_efficient_is_one_line(tmp_path):
     weights = str(tmp_path / 'w.h5')
     C.clear_session()
     model = capsulenet.CapsNet((28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2)[0]
-    C.save_weights_h5(model, weights)
+    h5weights.save_weights_h5(model, weights)
     code, out, err = cli('--model', 'efficient', '-t', '-w', weights, '--test_samples', '10',
                          '--save_dir', str(tmp_path))
     assert code == 2

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import compat as C
+import h5weights  # noqa: E402
 from capsulenet import CapsNet, compile_model
 
 SMALL = dict(conv1_filters=16, primary_channels=4, primary_dim=4, digit_dim=8,
@@ -65,10 +66,10 @@ def test_weights_round_trip_through_legacy_h5(tmp_path):
     x = np.random.RandomState(1).rand(3, 28, 28, 1).astype('float32')
     expected = eval_model.predict(x, verbose=0)
     path = str(tmp_path / 'trained_model.h5')
-    C.save_weights_h5(model, path)
+    h5weights.save_weights_h5(model, path)
     C.clear_session()
     model2, eval2, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
-    C.load_weights_h5(model2, path)
+    h5weights.load_weights_h5(model2, path)
     got = eval2.predict(x, verbose=0)
     for a, b in zip(expected, got):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -82,9 +83,9 @@ def test_loading_other_architecture_names_layer_and_shapes(tmp_path):
     C.clear_session()
     model, _, _ = CapsNet((28, 28, 1), 5, 3, **SMALL)
     path = str(tmp_path / 'five.h5')
-    C.save_weights_h5(model, path)
+    h5weights.save_weights_h5(model, path)
     C.clear_session()
     model10, _, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
     with pytest.raises(C.UserError) as err:
-        C.load_weights_h5(model10, path)
+        h5weights.load_weights_h5(model10, path)
     assert 'digitcaps' in str(err.value) and '(10, ' in str(err.value) and '(5, ' in str(err.value)

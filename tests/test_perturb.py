@@ -10,8 +10,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import compat as C  # noqa: E402
+import h5weights  # noqa: E402
 import capsulenet  # noqa: E402
-import utils  # noqa: E402
+import viewer as V  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(conv1_filters=8, primary_channels=2, primary_dim=4, digit_dim=16,
@@ -24,7 +25,7 @@ def viewer():
     C.set_seed(0)
     _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **TINY)
     images = np.random.RandomState(0).rand(4, 28, 28, 1).astype('float32')
-    return utils.PerturbationViewer(eval_model, manipulate_model, images, index=1)
+    return V.PerturbationViewer(eval_model, manipulate_model, images, index=1)
 
 
 def recon(viewer):
@@ -82,11 +83,11 @@ def run_utils(*args):
 
 def test_perturb_command_writes_figure(tmp_path):
     arch = ['--conv1_filters', '8', '--primary_channels', '2', '--primary_dim', '4']
-    cli = capsulenet.build_parser().parse_args(arch)
     C.clear_session()
-    model = capsulenet.capsnet_from_args(cli, (28, 28, 1), 10)[0]
+    model = capsulenet.build_models('capsnet', (28, 28, 1), 10, conv1_filters=8,
+                                    primary_channels=2, primary_dim=4)[0]
     weights = str(tmp_path / 'w.h5')
-    C.save_weights_h5(model, weights)
+    h5weights.save_weights_h5(model, weights)
     out = str(tmp_path / 'viewer.png')
     code, stdout, err = run_utils('perturb', '-w', weights, '--index', '2', '--test_samples', '5',
                                   '--out', out, *arch)

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 
 import compat as C
+import h5weights  # noqa: E402
 import capsulenet
 import utils
 import helpers
+import training
 from helpers import idx_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +127,7 @@ def test_sigkill_then_resume_logs_each_epoch_once(tmp_path, data_dir):
     proc.wait()
     proc.stderr.close()
     assert not os.path.exists(os.path.join(save_dir, 'trained_model.h5')), 'killed too late'
-    done = capsulenet.latest_checkpoint(save_dir)[0]
+    done = training.latest_checkpoint(save_dir)[0]
     assert 1 <= done <= 3
     result = subprocess.run(cmd + ['--resume'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=ROOT, universal_newlines=True, timeout=300)
@@ -134,12 +136,12 @@ def test_sigkill_then_resume_logs_each_epoch_once(tmp_path, data_dir):
     assert 'Restored optimizer state' in result.stdout
     assert log_epochs(save_dir) == [0, 1, 2]
     model = tiny_model()
-    assert C.load_weights_h5(model, os.path.join(save_dir, 'trained_model.h5')) == 'weights'
+    assert h5weights.load_weights_h5(model, os.path.join(save_dir, 'trained_model.h5')) == 'weights'
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
 def test_optimizer_state_round_trip(trained):
-    arrays = C.load_arrays_npz(os.path.join(trained, 'optimizer-01.npz'))
+    arrays = training.load_arrays_npz(os.path.join(trained, 'optimizer-01.npz'))
     assert int(arrays[0]) == 2  # step count: 100 images / batch 50
     model = tiny_model()
     capsulenet.compile_model(model, 0.001, 0.392)
@@ -156,7 +158,7 @@ def test_trim_log_keeps_epochs_before_resume(tmp_path):
     path = str(tmp_path / 'log.csv')
     with open(path, 'w') as f:
         f.write('epoch,loss\n0,0.5\n1,0.4\n2,0.3\n3,0.2')  # 3: a half-written last row
-    capsulenet.trim_log(path, 2)
+    training.trim_log(path, 2)
     with open(path) as f:
         assert f.read() == 'epoch,loss\n0,0.5\n1,0.4\n'
     assert os.listdir(str(tmp_path)) == ['log.csv']
@@ -171,7 +173,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(capsys, save_dir, data_dir):
     assert 'skipping' in out and 'Resuming after epoch 1' in out
     assert log_epochs(save_dir) == [0, 1]
     # the restored step count went on: 2 steps in epoch 1 + 2 in epoch 2
-    assert int(C.load_arrays_npz(os.path.join(save_dir, 'optimizer-02.npz'))[0]) == 4
+    assert int(training.load_arrays_npz(os.path.join(save_dir, 'optimizer-02.npz'))[0]) == 4
 
 
 # ---------------------------------------------------------------- NaN
@@ -179,7 +181,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, monkeypatch, save
     rng = np.random.RandomState(0)
     x = np.full((100, 28, 28, 1), np.nan, dtype='float32')
     y = utils.to_categorical(rng.randint(0, 10, 100), 10)
-    monkeypatch.setitem(capsulenet.DATASETS, 'mnist', lambda args: ((x, y), (x[:50], y[:50])))
+    monkeypatch.setitem(capsulenet.DATASETS, 'mnist', lambda **kwargs: ((x, y), (x[:50], y[:50]), None))
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, '--resume', '--epochs', '3', '--save_dir', save_dir, *TINY)
     assert_one_error_line(code, err, 'NaN')
@@ -235,7 +237,7 @@ def test_full_model_file_with_lambda_runs_nothing(capsys, tmp_path, trained, dat
     loaded = []
     for path in [crafted, os.path.join(trained, 'trained_model.h5')]:
         model = tiny_model()  # a fresh session each (keras 2.2.4 graphs)
-        loaded.append((C.load_weights_h5(model, path), model.get_weights()))
+        loaded.append((h5weights.load_weights_h5(model, path), model.get_weights()))
     assert [kind for kind, _ in loaded] == ['full-model', 'weights']
     for a, b in zip(loaded[0][1], loaded[1][1]):
         np.testing.assert_array_equal(a, b)
@@ -322,7 +324,7 @@ def _empty_file(path, trained):
 
 
 def _other_architecture(path, trained):
-    C.save_weights_h5(tiny_model(primary_channels=8), path)
+    h5weights.save_weights_h5(tiny_model(primary_channels=8), path)
 
 
 def _hdf5_not_keras(path, trained):

@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 import compat as C
+import h5weights  # noqa: E402
 import capsulenet
 import helpers
 
@@ -21,7 +22,7 @@ def test_workers_give_the_same_weights(tmp_path):
         assert capsulenet.main(TINY + ['--workers', str(workers), '--data_dir', data_dir,
                                        '--save_dir', save_dir]) == 0
         model = capsulenet.CapsNet((28, 28, 1), 10, 3, conv1_filters=16, primary_channels=4)[0]
-        C.load_weights_h5(model, os.path.join(save_dir, 'trained_model.h5'))
+        h5weights.load_weights_h5(model, os.path.join(save_dir, 'trained_model.h5'))
         weights.append(model.get_weights())
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

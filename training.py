@@ -1,0 +1,380 @@
+"""Training: batches, callbacks, checkpoints and --resume, and `train()` itself.
+
+train() takes a compiled model and ready batches and runs the epochs with the callbacks this
+repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 / optimizer-XX.npz checkpoints
+(the newest --keep_checkpoints pairs), best_model.h5, trained_model.h5 and log.png at the end.
+Batches depend on (seed, epoch, index) only, so runs are reproducible with any --workers.
+"""
+import csv
+import os
+import re
+import time
+import zipfile
+
+import numpy as np
+
+import affnist_loader
+import compat as C
+import utils
+from compat import callbacks
+from h5weights import save_weights_h5, load_weights_h5
+from safeio import UserError, atomic_write
+
+
+# ---------------------------------------------------------------- batches
+class ShiftedBatches(C.Sequence):
+    """Training batches ([images, labels], [labels, images]) with random augmentation.
+
+    Reshuffled every epoch, seeded. By default shifts up to max_shift pixels (zero fill);
+    augment(images [batch, H, W, C], rng) -> same shape replaces the shift when given
+    (e.g. utils.efficient_augment). Batch `index` of epoch e depends on (seed, e, index)
+    only, not on the order or number of times Keras asks for batches (it peeks at batch 0;
+    distributed runs prefetch): the BatchesEpoch callback sets e at each epoch's start.
+    """
+
+    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None, workers=1):
+        super(ShiftedBatches, self).__init__(**C.loader_kwargs(workers))
+        self.workers_wanted = workers
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.max_shift = max_shift
+        self.augment_fn = augment
+        self.seed = np.random.randint(2 ** 31) if seed is None else int(seed) % 2 ** 31
+        self.epoch = 0
+        self.order = np.random.RandomState([self.seed, 0]).permutation(len(x))
+
+    def __len__(self):
+        return int(np.ceil(len(self.x) / float(self.batch_size)))
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        x = self.augment(self.x[idx], np.random.RandomState([self.seed, self.epoch, index + 1]))
+        y = self.y[idx]
+        return C.pack_batch([x, y], [y, x])
+
+    def augment(self, x, rng):
+        """[batch, H, W, C] -> the same images, randomly shifted (or augment_fn(x, rng))."""
+        if self.augment_fn is not None:
+            return self.augment_fn(x, rng)
+        return utils.random_shift(x, self.max_shift, rng)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.order = np.random.RandomState([self.seed, epoch]).permutation(len(self.x))
+
+    def on_epoch_end(self):
+        # keras 2.2.4's enqueuer calls this between its passes; Keras 3 calls it at moments
+        # that vary with prefetching, so there BatchesEpoch also sets the epoch at its start.
+        self.set_epoch(self.epoch + 1)
+
+
+class BatchesEpoch(callbacks.Callback):
+    """Tells ShiftedBatches (Keras 3) which epoch begins, before its batches are read."""
+
+    def __init__(self, batches):
+        super(BatchesEpoch, self).__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+
+
+class TranslatedBatches(ShiftedBatches):
+    """ShiftedBatches for digits centred on a larger canvas (x: [N, 40, 40, 1], MNIST padded
+    by 6): every batch re-places each digit's central digit_size box at a fresh uniform random
+    position of the canvas (affnist_loader.translated_mnist), so positions change every epoch."""
+
+    def __init__(self, x, y, batch_size, digit_size=28, seed=None, workers=1):
+        super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                                workers=workers)
+        self.digit_size = digit_size
+
+    def augment(self, x, rng):
+        digits = affnist_loader.center_crop(x, self.digit_size)
+        return affnist_loader.translated_mnist(digits, x.shape[1], rng)
+
+
+class ClassifierBatches(C.Sequence):
+    """Wraps CapsNet batches ([x, y], [y, x]) as (x, y) for a plain classifier (--model cnn)."""
+
+    def __init__(self, batches):
+        super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
+        self.batches = batches
+        self.workers_wanted = batches.workers_wanted
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        (x, y), _ = self.batches[index]
+        return x, y
+
+    def set_epoch(self, epoch):
+        self.batches.set_epoch(epoch)
+
+    def on_epoch_end(self):
+        self.batches.on_epoch_end()
+
+
+# ---------------------------------------------------------------- callbacks
+class WeightsCheckpoint(callbacks.Callback):
+    """Writes optimizer-{epoch:02d}.npz (optimizer state) then weights-{epoch:02d}.h5 (legacy
+    Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
+    `nan_guard` saw go NaN, so the last checkpoint on disk is always a good one.
+
+    keep: how many of the newest pairs stay (0: all); older pairs are removed only after the
+    new pair is on disk whole, so a crash at any moment leaves at least `keep` good pairs.
+    """
+
+    def __init__(self, save_dir, nan_guard=None, template=None, keep=0):
+        super(WeightsCheckpoint, self).__init__()
+        self.save_dir = save_dir
+        self.nan_guard = nan_guard
+        self.template = template  # the single-device model behind a multi_gpu_model
+        self.keep = keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_guard is not None and self.nan_guard.where is not None:
+            return
+        state = C.get_optimizer_state(self.model)
+        if state is not None:
+            save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
+        save_weights_h5(self.template or self.model,
+                          os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
+        if self.keep > 0:
+            prune_checkpoints(self.save_dir, epoch + 1, self.keep)
+
+
+def prune_checkpoints(save_dir, newest, keep):
+    """Removes the weights-XX.h5 / optimizer-XX.npz pairs of epochs <= newest except the
+    `keep` newest of them. Files of later epochs (a run resumed from an older checkpoint)
+    are left alone: they are overwritten as training reaches them."""
+    done = [epoch for epoch, _ in checkpoints(save_dir) if epoch <= newest]
+    for epoch in done[keep:]:
+        for name in ('weights-%02d.h5' % epoch, 'optimizer-%02d.npz' % epoch):
+            path = os.path.join(save_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+class BestWeights(callbacks.Callback):
+    """Writes best_model.h5 (atomically) at the end of each epoch whose logs[monitor] beats
+    every earlier epoch's, as Keras' ModelCheckpoint(save_best_only=True) does, in this repo's
+    weights format. best: the best value of the epochs before this run (--resume)."""
+
+    def __init__(self, path, monitor, best=None, template=None, nan_guard=None):
+        super(BestWeights, self).__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+        self.template = template
+        self.nan_guard = nan_guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_guard is not None and self.nan_guard.where is not None:
+            return  # weights of a NaN epoch are never anybody's best
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if self.best is None or value > self.best:
+            self.best = float(value)
+            save_weights_h5(self.template or self.model, self.path)
+
+
+class NaNGuard(callbacks.TerminateOnNaN):
+    """Keras TerminateOnNaN (stops training on a NaN/Inf loss) that also records where:
+    `where` = (epoch, batch) of the first bad batch, None while the loss is finite."""
+
+    def __init__(self):
+        super(NaNGuard, self).__init__()
+        self.where = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        super(NaNGuard, self).on_batch_end(batch, logs)
+        loss = (logs or {}).get('loss')
+        if self.where is None and loss is not None and not np.all(np.isfinite(loss)):
+            self.where = (self.epoch, batch)
+            self.model.stop_training = True
+
+
+class EpochStats(callbacks.Callback):
+    """Adds `lr` and `epoch_time` (seconds) to each epoch's logs, so CSVLogger records them
+    under the same names on every Keras (Keras 3's scheduler calls it `learning_rate`)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.pop('learning_rate', None)
+            logs['epoch_time'] = round(time.time() - self.start, 2)
+            logs['lr'] = C.get_learning_rate(self.model)
+
+
+class StopAtAccuracy(callbacks.Callback):
+    """Stops training at the end of the first epoch whose logs[monitor] >= target."""
+
+    def __init__(self, monitor, target):
+        super(StopAtAccuracy, self).__init__()
+        self.monitor, self.target = monitor, target
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value >= self.target:
+            print('%s %.4f >= %.4f: stopping' % (self.monitor, value, self.target))
+            self.model.stop_training = True
+
+
+# ---------------------------------------------------------------- checkpoints and --resume
+def checkpoints(save_dir):
+    """[(epoch, path)] of the weights-XX.h5 files in save_dir, newest first."""
+    found = []
+    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
+        match = re.match(r'^weights-(\d+)\.h5$', name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(save_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(save_dir):
+    """(epoch, path) of the newest weights-XX.h5 in save_dir, or None."""
+    found = checkpoints(save_dir)
+    return found[0] if found else None
+
+
+def resume_weights(model, save_dir):
+    """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
+    number of epochs done), 0 when there is none. A damaged newest file is reported and
+    skipped once (the one before it is tried); a second failure is an error."""
+    for tries, (epoch, path) in enumerate(checkpoints(save_dir)):
+        try:
+            load_weights_h5(model, path)
+        except UserError as e:
+            if tries > 0:
+                raise
+            print('note: skipping %s: %s' % (path, e))
+            continue
+        print('Resuming after epoch %d from %s' % (epoch, path))
+        return epoch
+    print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
+    return 0
+
+
+def restore_optimizer(model, path):
+    """Loads the optimizer state saved beside a checkpoint; a note (not an error) when it is
+    missing or does not fit, training then goes on with a fresh optimizer."""
+    if not os.path.isfile(path):
+        print('note: %s not found: optimizer state (Adam moments) starts fresh' % path)
+        return
+    try:
+        C.set_optimizer_state(model, load_arrays_npz(path))
+    except (UserError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print('note: optimizer state not restored from %s (%s): it starts fresh' % (path, e))
+        return
+    print('Restored optimizer state from %s' % path)
+
+
+def trim_log(log_path, initial_epoch):
+    """Keeps log.csv's header and its rows of epochs < initial_epoch (rewritten atomically),
+    so that appending the resumed epochs gives each epoch exactly once."""
+    if not os.path.isfile(log_path):
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    if not lines:
+        return
+    header = next(csv.reader([lines[0]]))
+    if 'epoch' not in header:
+        raise UserError('%s has no epoch column: cannot resume its log' % log_path)
+    column = header.index('epoch')
+    kept = [lines[0]]
+    for line in lines[1:]:
+        row = next(csv.reader([line]), [])
+        try:
+            if int(float(row[column])) < initial_epoch:
+                kept.append(line if line.endswith('\n') else line + '\n')
+        except (IndexError, ValueError):
+            continue  # a half-written last row from a crash
+    if len(kept) - 1 != initial_epoch:
+        print('note: %s has %d rows for the %d epochs done' % (log_path, len(kept) - 1, initial_epoch))
+    with atomic_write(log_path) as tmp:
+        with open(tmp, 'w') as f:
+            f.writelines(kept)
+
+
+def logged_best(log_path, column):
+    """The largest finite value of `column` in log.csv (the epochs already done), or None."""
+    if not os.path.isfile(log_path):
+        return None
+    values = []
+    with open(log_path, errors='replace') as f:
+        for row in csv.DictReader(f):
+            try:
+                values.append(float(row.get(column)))
+            except (TypeError, ValueError):
+                continue
+    values = [v for v in values if np.isfinite(v)]
+    return max(values) if values else None
+
+
+def save_arrays_npz(arrays, path):
+    """Writes a list of arrays to an .npz file atomically (temp file + rename)."""
+    with atomic_write(path) as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez(f, *arrays)
+
+
+def load_arrays_npz(path):
+    """The arrays of an .npz written by save_arrays_npz, in order (no pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [data['arr_%d' % i] for i in range(len(data.files))]
+
+
+# ---------------------------------------------------------------- train
+def scheduled_lr(epoch, lr, lr_decay, lr_min=0.):
+    """Learning rate of epoch (from 0): max(lr_min, lr * lr_decay^epoch)."""
+    return max(lr_min or 0., lr * (lr_decay ** epoch))
+
+
+def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
+          initial_epoch=0, template=None, keep_checkpoints=2, extra_callbacks=()):
+    """Fits the compiled `model` on `batches` (a Sequence with `workers_wanted`); writes to
+    save_dir: log.csv, checkpoints, best_model.h5, then trained_model.h5 and log.png.
+
+    schedule(epoch) -> learning rate; monitor: the log column of the validation accuracy
+    (best_model.h5 follows it). initial_epoch > 0 (--resume, weights already loaded): the
+    optimizer state saved with that checkpoint is restored where present, the schedule
+    continues at that epoch and log.csv (trimmed to the epochs before it) is appended to.
+    template: the single-device model whose weights are saved (default: model itself; they
+    differ under keras 2.2.4's multi_gpu_model). Raises UserError when the loss goes NaN.
+    """
+    template = template or model
+    log_path = os.path.join(save_dir, 'log.csv')
+    if initial_epoch > 0:
+        restore_optimizer(model, os.path.join(save_dir, 'optimizer-%02d.npz' % initial_epoch))
+        trim_log(log_path, initial_epoch)
+    nan_guard = NaNGuard()
+    best_path = os.path.join(save_dir, 'best_model.h5')
+    best = logged_best(log_path, monitor) if initial_epoch > 0 and os.path.isfile(best_path) else None
+    cbs = [callbacks.LearningRateScheduler(schedule),
+           EpochStats(),
+           nan_guard,
+           callbacks.CSVLogger(log_path, append=initial_epoch > 0),
+           WeightsCheckpoint(save_dir, nan_guard, template, keep=keep_checkpoints),
+           BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
+    if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)
+        cbs.append(BatchesEpoch(batches))
+    C.fit(model, batches, epochs=epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
+          validation_data=validation_data, workers=batches.workers_wanted)
+    if nan_guard.where is not None:
+        epoch, batch = nan_guard.where
+        last = latest_checkpoint(save_dir)
+        raise UserError('loss became NaN/Inf in epoch %d (batch %d); training stopped, '
+                        'trained_model.h5 not written; last good checkpoint: %s'
+                        % (epoch + 1, batch, os.path.basename(last[1]) if last else 'none'))
+    weights_path = os.path.join(save_dir, 'trained_model.h5')
+    save_weights_h5(template, weights_path)
+    print('Trained model saved to %s' % weights_path)
+    utils.plot_log(log_path, os.path.join(save_dir, 'log.png'))
