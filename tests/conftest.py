@@ -1,4 +1,7 @@
-"""Shared fixtures: repo root on sys.path, quiet TensorFlow, small helpers."""
+"""Shared set-up: repo root (ROOT) on sys.path, quiet TensorFlow, headless matplotlib.
+
+The test markers (stack, train_cli, backend_state, end_to_end) are registered in pytest.ini;
+.ci/run picks tests by them."""
 import os
 import sys
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the test files: run the CLI, write idx files and fake MNIST folders."""
+"""Helpers shared by the test files: the repo root, tiny-model settings, one runner for the
+command lines (in-process `main(argv)` or a subprocess), idx files and fake MNIST folders."""
 import gzip
 import os
 import struct
@@ -8,17 +9,51 @@ import sys
 import numpy as np
 
 import utils
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tiny CapsNets: architecture flags for the CLI and the same as CapsNet keyword arguments
+TINY_FLAGS = ['--conv1_filters', '16', '--primary_channels', '4']
+TINY = dict(conv1_filters=16, primary_channels=4)
+
+
+def run_script(script, *args, timeout=900, **env):
+    """Runs `python <script> args...` in the repo root -> CompletedProcess (text output)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg', **env)
+    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + [str(a) for a in args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          universal_newlines=True, timeout=timeout, cwd=ROOT)
 
 
 def cli(*args, timeout=900):
-    """Runs `python capsulenet.py args...` in the repo root: (exit code, stdout, stderr)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py')] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          universal_newlines=True, timeout=timeout, cwd=ROOT)
+    """Runs `python capsulenet.py args...` in a subprocess: (exit code, stdout, stderr)."""
+    proc = run_script('capsulenet.py', *args, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_main(capsys, *argv, main=None):
+    """capsulenet.main(argv) (or another main) in-process, on a fresh Keras session
+    -> (exit code, stdout, stderr); argparse's exit on a bad flag is an exit code too."""
+    import compat as C
+    if main is None:
+        import capsulenet
+        main = capsulenet.main
+    C.clear_session()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code, err, message):
+    """Exit code not 0, stderr's last line is its only `error:` line and names `message`."""
+    assert code not in (0, None)
+    lines = [l for l in err.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith('error:')]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    assert message in errors[0], errors[0]
+    assert 'Traceback' not in err
 
 
 def accuracy_from(stdout):

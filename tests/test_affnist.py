@@ -11,9 +11,10 @@ import affnist_loader as A
 import training
 import utils
 from compat import UserError
-from helpers import cli
+from helpers import accuracy_from, run_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.stack
+
 
 
 @pytest.fixture(scope='module')
@@ -291,27 +292,32 @@ def read_results(save_dir):
         return json.load(f)
 
 
-def test_cli_capsnet_generated_affnist(tmp_path):
+@pytest.mark.train_cli
+def test_cli_capsnet_generated_affnist(capsys, tmp_path):
     save = str(tmp_path / 'caps')
-    code, out, err = cli('--model', 'capsnet', '--save_dir', save, '--affnist_cache',
+    code, out, err = run_main(capsys, '--model', 'capsnet', '--save_dir', save, '--affnist_cache',
                          str(tmp_path / 'cache'), '--stop_at_val_acc', '0.99', '--primary_channels', '4',
                          *TINY)
     assert code == 0, err[-3000:]
     r = read_results(save)
     assert r['affnist_set'] == 'affNIST-style (generated)' and r['affnist_generated'] is True
     assert r['affnist_images'] == 200 and r['expanded_mnist_images'] == 200
-    assert 0 <= r['affnist_accuracy'] <= 1 and 0 <= r['expanded_mnist_accuracy'] <= 1
+    # the report's figures are the run's: the printed test accuracy, whole images of 200
+    assert abs(r['expanded_mnist_accuracy'] - accuracy_from(out)) < 5e-5
+    assert r['affnist_accuracy'] * 200 == pytest.approx(round(r['affnist_accuracy'] * 200))
+    assert '%.4f' % r['affnist_accuracy'] in out
     line = [l for l in out.splitlines() if 'expanded MNIST:' in l][0]
     assert 'affNIST-style (generated):' in line and 'capsnet' in line
     for name in ['log.csv', 'trained_model.h5', 'real_and_recon.png']:
         assert os.path.getsize(os.path.join(save, name)) > 0
 
 
-def test_cli_cnn_real_format_files_and_reload(tmp_path, mnist_test):
+@pytest.mark.train_cli
+def test_cli_cnn_real_format_files_and_reload(capsys, tmp_path, mnist_test):
     make_batches(tmp_path / 'affnist' / 'test_batches', mnist_test, numbers=(1, 2))
     save = str(tmp_path / 'cnn')
     common = ['--model', 'cnn', '--affnist_dir', str(tmp_path / 'affnist')] + TINY
-    code, out, err = cli('--save_dir', save, '--early_stopping', '2', *common)
+    code, out, err = run_main(capsys, '--save_dir', save, '--early_stopping', '2', *common)
     assert code == 0, err[-3000:]
     r = read_results(save)
     assert r['affnist_generated'] is False and r['affnist_set'].startswith('affNIST transformed (real')
@@ -319,17 +325,18 @@ def test_cli_cnn_real_format_files_and_reload(tmp_path, mnist_test):
     import pandas as pd
     assert 'val_accuracy' in pd.read_csv(os.path.join(save, 'log.csv')).columns
     # -t -w: the CNN has nothing to manipulate; it reloads and scores the same
-    code, out2, err = cli('-t', '-w', os.path.join(save, 'trained_model.h5'),
+    code, out2, err = run_main(capsys, '-t', '-w', os.path.join(save, 'trained_model.h5'),
                           '--save_dir', str(tmp_path / 'again'), *common)
     assert code == 0, err[-3000:]
     assert read_results(str(tmp_path / 'again'))['affnist_accuracy'] == r['affnist_accuracy']
 
 
-def test_cli_bad_affnist_dir_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.train_cli
+def test_cli_bad_affnist_dir_is_one_line_and_writes_nothing(capsys, tmp_path):
     (tmp_path / 'bad').mkdir()
     (tmp_path / 'bad' / 'test.mat').write_bytes(b'nope')
     save = tmp_path / 'out'
-    code, out, err = cli('--save_dir', str(save), '--affnist_dir', str(tmp_path / 'bad'), *TINY)
+    code, out, err = run_main(capsys, '--save_dir', str(save), '--affnist_dir', str(tmp_path / 'bad'), *TINY)
     assert code == 2
     errors = [l for l in err.splitlines() if l.startswith('error:')]  # TensorFlow chatter aside
     assert len(errors) == 1 and 'test.mat' in errors[0] and 'not a readable MATLAB' in errors[0]

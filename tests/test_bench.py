@@ -5,9 +5,10 @@ import sys
 
 import numpy as np
 
+from conftest import ROOT
+
 import compat as C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import bench  # noqa: E402
 

@@ -1,12 +1,13 @@
-"""The command line: a short real-MNIST run learns, -t -w reproduces it, bad input is one line."""
+"""The command line: a short real-MNIST run learns (the subprocess smoke test of
+capsulenet.py), -t -w reproduces it, flags of another model are refused in one line."""
 import os
-import sys
 
 import pytest
 
-from helpers import accuracy_from, assert_image, cli
+from helpers import accuracy_from, assert_image, assert_one_error_line, cli, run_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.end_to_end
+
 # a narrow CapsNet (64 conv1 filters, 8 primary channels) so the run fits in CI
 QUICK = ['--conv1_filters', '64', '--primary_channels', '8', '--batch_size', '50',
          '--train_samples', '10000', '--test_samples', '1000', '--seed', '1']
@@ -34,10 +35,11 @@ def test_short_run_learns_and_writes_outputs(trained):
     assert_image(os.path.join(save_dir, 'real_and_recon.png'))
 
 
-def test_testing_mode_reloads_same_accuracy(trained, tmp_path):
+def test_testing_mode_reloads_same_accuracy(trained, tmp_path, capsys):
     save_dir, out = trained
     weights = os.path.join(save_dir, 'trained_model.h5')
-    code, out2, err = cli('-t', '-w', weights, '--digit', '3', '--save_dir', str(tmp_path), *QUICK)
+    code, out2, err = run_main(capsys, '-t', '-w', weights, '--digit', '3', '--save_dir',
+                               str(tmp_path), *QUICK)
     assert code == 0, err[-3000:]
     assert abs(accuracy_from(out2) - accuracy_from(out)) < 1e-6
     assert_image(str(tmp_path / 'real_and_recon.png'))
@@ -47,48 +49,19 @@ def test_testing_mode_reloads_same_accuracy(trained, tmp_path):
     assert grid.shape[:2] == (16 * 28, 11 * 28)
 
 
-@pytest.mark.parametrize('args,message', [
-    (['-t', '-w', 'no/such/weights.h5'], 'weights file not found'),
-    (['--routings', '0'], '--routings'),
-    (['--batch_size', '0'], '--batch_size'),
-    (['--lr', '0'], '--lr'),
-    (['--shift_fraction', '0.7'], '--shift_fraction'),
-])
-def test_bad_input_is_one_line(args, message, tmp_path):
-    code, out, err = cli('--save_dir', str(tmp_path), *args)
-    assert code != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith('error:') and message in lines[-1]
-    assert 'Traceback' not in err
-
-
-def test_weights_of_other_architecture(tmp_path):
-    sys.path.insert(0, ROOT)
-    import compat as C
-    import h5weights
-    from capsulenet import CapsNet
-    C.clear_session()
-    model, _, _ = CapsNet((28, 28, 1), 5, 3, conv1_filters=64, primary_channels=8)
-    path = str(tmp_path / 'other.h5')
-    h5weights.save_weights_h5(model, path)
-    code, out, err = cli('-t', '-w', path, '--save_dir', str(tmp_path), *QUICK)
-    assert code != 0 and 'Traceback' not in err
-    assert 'digitcaps' in err.strip().splitlines()[-1]
-
-
-def test_bad_idx_file_is_one_line(tmp_path):
-    import shutil
-    data = tmp_path / 'mnist'
-    shutil.copytree(os.path.join(ROOT, 'data', 'mnist'), str(data))
-    with open(str(data / 't10k-labels-idx1-ubyte.gz'), 'wb') as f:
-        import gzip
-        f.write(gzip.compress(b'\x00\x00\x08\x03' + b'\x00' * 20))
-    code, out, err = cli('-t', '--data_dir', str(data), '--save_dir', str(tmp_path))
-    assert code != 0 and 'Traceback' not in err and 'magic' in err.strip().splitlines()[-1]
-
-
-def test_help_lists_flags():
-    code, out, err = cli('-h')
+# Bad input (flags, weights files, idx files) is tested once each, in test_robustness.py.
+def test_help_lists_flags(capsys):
+    code, out, err = run_main(capsys, '-h')
     assert code == 0
     for flag in ['--routings', '--lam_recon', '--shift_fraction', '--train_samples', '--digit']:
         assert flag in out
+    assert '(default: capsnet 50, cnn 50, efficient 150)' in ' '.join(out.split())
+
+
+def test_flags_of_another_model_are_one_line(capsys, tmp_path):
+    for argv, flag in [(['--model', 'efficient', '--routings', '2'], '--routings'),
+                       (['--model', 'cnn', '--primary_channels', '4'], '--primary_channels'),
+                       (['--affnist_dir', str(tmp_path)], '--affnist_dir')]:
+        code, out, err = run_main(capsys, '--save_dir', str(tmp_path / 'out'), *argv)
+        assert_one_error_line(code, err, flag)
+        assert code == 2 and not (tmp_path / 'out').exists()

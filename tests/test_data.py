@@ -8,6 +8,8 @@ from compat import UserError
 import utils
 from helpers import fake_mnist
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.mark.parametrize('gz,style', [(True, 0), (False, 0), (False, 1), (True, 1)])
 def test_load_mnist_formats(tmp_path, gz, style):

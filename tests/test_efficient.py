@@ -11,7 +11,9 @@ import capsulenet
 import training
 import utils
 from capsulelayers import FCCaps, efficient_squash
-from helpers import accuracy_from, assert_image, cli
+from helpers import accuracy_from, assert_image, run_main
+
+pytestmark = pytest.mark.stack
 
 
 # ---------------------------------------------------------------- NumPy references
@@ -172,11 +174,12 @@ def test_short_training_run_learns():
 
 
 # ---------------------------------------------------------------- CLI
-def test_cli_trains_and_reloads_efficient(tmp_path):
+@pytest.mark.train_cli
+def test_cli_trains_and_reloads_efficient(tmp_path, capsys):
     save_dir = str(tmp_path / 'train')
     small = ['--model', 'efficient', '--train_samples', '200', '--test_samples', '100',
              '--seed', '1']
-    code, out, err = cli('--epochs', '1', '--save_dir', save_dir, *small)
+    code, out, err = run_main(capsys, '--epochs', '1', '--save_dir', save_dir, *small)
     assert code == 0, err[-3000:]
     for name in ['log.csv', 'trained_model.h5', 'weights-01.h5']:
         assert os.path.getsize(os.path.join(save_dir, name)) > 0
@@ -186,8 +189,8 @@ def test_cli_trains_and_reloads_efficient(tmp_path):
     assert abs(log['lr'].iloc[0] - 5e-4) < 1e-9  # the efficient recipe's learning rate
     assert 'val_capsnet_accuracy' in log.columns
     test_dir = str(tmp_path / 'test')
-    code, out2, err = cli('-t', '-w', os.path.join(save_dir, 'trained_model.h5'),
-                          '--save_dir', test_dir, '--digit', '3', *small)
+    code, out2, err = run_main(capsys, '-t', '-w', os.path.join(save_dir, 'trained_model.h5'),
+                               '--save_dir', test_dir, '--digit', '3', *small)
     assert code == 0, err[-3000:]
     assert abs(accuracy_from(out2) - accuracy_from(out)) < 1e-6
     assert_image(os.path.join(test_dir, 'real_and_recon.png'), min_std=0.01)
@@ -196,13 +199,14 @@ def test_cli_trains_and_reloads_efficient(tmp_path):
     assert grid.shape[:2] == (16 * 28, 11 * 28)
 
 
-def test_cli_capsnet_weights_into_efficient_is_one_line(tmp_path):
+@pytest.mark.train_cli
+def test_cli_capsnet_weights_into_efficient_is_one_line(tmp_path, capsys):
     weights = str(tmp_path / 'w.h5')
     C.clear_session()
     model = capsulenet.CapsNet((28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2)[0]
     h5weights.save_weights_h5(model, weights)
-    code, out, err = cli('--model', 'efficient', '-t', '-w', weights, '--test_samples', '10',
-                         '--save_dir', str(tmp_path))
+    code, out, err = run_main(capsys, '--model', 'efficient', '-t', '-w', weights,
+                              '--test_samples', '10', '--save_dir', str(tmp_path))
     assert code == 2
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert lines[-1].startswith('error:') and 'conv1' in lines[-1]

@@ -6,6 +6,8 @@ import compat as C
 import capsulelayers as CL
 from capsulenet import margin_loss
 
+pytestmark = pytest.mark.stack
+
 
 def np_squash(s, axis=-1):
     sq = np.sum(s ** 2, axis=axis, keepdims=True)

@@ -6,6 +6,8 @@ import compat as C
 import h5weights  # noqa: E402
 from capsulenet import CapsNet, compile_model
 
+pytestmark = pytest.mark.stack
+
 SMALL = dict(conv1_filters=16, primary_channels=4, primary_dim=4, digit_dim=8,
              decoder_units=(32, 64))
 

@@ -8,11 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+
+from conftest import ROOT
 import pytest
 
 import compat as C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.stack
+
 TINY = ['--conv1_filters', '8', '--primary_channels', '2', '--digit_dim', '4',
         '--batch_size', '20', '--test_samples', '40', '--epochs', '2', '--seed', '0']
 COLUMNS = ['loss', 'capsnet_loss', 'decoder_loss', 'val_loss']

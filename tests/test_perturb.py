@@ -7,6 +7,8 @@ import sys
 import matplotlib
 matplotlib.use('Agg')
 import numpy as np  # noqa: E402
+
+from conftest import ROOT
 import pytest  # noqa: E402
 
 import compat as C  # noqa: E402
@@ -14,7 +16,8 @@ import h5weights  # noqa: E402
 import capsulenet  # noqa: E402
 import viewer as V  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.stack
+
 TINY = dict(conv1_filters=8, primary_channels=2, primary_dim=4, digit_dim=16,
             decoder_units=(16, 32))
 
@@ -55,10 +58,19 @@ def test_slider_changes_reconstruction_and_reset_restores_it(viewer):
     np.testing.assert_allclose(recon(viewer), before, atol=1e-6)
 
 
+def click(figure, ax):
+    """A left click (press, release) in the middle of ax, through the canvas' public events."""
+    from matplotlib.backend_bases import MouseEvent
+    figure.canvas.draw()
+    x, y = ax.transAxes.transform((0.5, 0.5))
+    for name in ('button_press_event', 'button_release_event'):
+        figure.canvas.callbacks.process(name, MouseEvent(name, figure.canvas, x, y, button=1))
+
+
 def test_reset_button_is_wired(viewer):
     before = recon(viewer)
     viewer.sliders[0].set_val(-0.3)
-    viewer.reset_button._observers.process('clicked', None)  # what a click on it runs
+    click(viewer.figure, viewer.reset_button.ax)
     np.testing.assert_allclose(recon(viewer), before, atol=1e-6)
 
 

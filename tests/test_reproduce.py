@@ -1,9 +1,8 @@
 """Table 1 reproduction: the runner trains each configuration, resumes, prints paper vs ours."""
 import os
 
-
 import utils
-from helpers import cli
+from helpers import run_main
 
 TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--digit_dim', '8',
         '--batch_size', '50', '--train_samples', '200', '--test_samples', '100', '--seed', '0']
@@ -28,8 +27,9 @@ def test_results_table_from_logs(tmp_path):
     assert rows[4].startswith('| efficient | – | 0.50 | 1 |')
 
 
-def test_reproduce_table1_tiny(tmp_path):
-    code, out, err = cli('--reproduce', 'table1', '--epochs', '1', '--save_dir', str(tmp_path), *TINY)
+def test_reproduce_table1_tiny(tmp_path, capsys):
+    code, out, err = run_main(capsys, '--reproduce', 'table1', '--epochs', '1', '--save_dir',
+                              str(tmp_path), *TINY)
     assert code == 0, err[-3000:]
     root = tmp_path / 'table1'
     table = (root / 'table1.md').read_text().splitlines()
@@ -39,5 +39,6 @@ def test_reproduce_table1_tiny(tmp_path):
         assert (root / name / 'trained_model.h5').exists()
         assert (root / (name + '_1ep.csv')).exists()
     # a second run finds every configuration done and only rebuilds the table
-    code, out, err = cli('--reproduce', 'table1', '--epochs', '1', '--save_dir', str(tmp_path), *TINY)
+    code, out, err = run_main(capsys, '--reproduce', 'table1', '--epochs', '1', '--save_dir',
+                              str(tmp_path), *TINY)
     assert code == 0 and out.count('already trained') == 5

@@ -20,6 +20,8 @@ import time
 import types
 
 import numpy as np
+
+from conftest import ROOT
 import pytest
 
 import compat as C
@@ -28,9 +30,10 @@ import capsulenet
 import utils
 import helpers
 import training
-from helpers import idx_bytes
+from helpers import assert_one_error_line, idx_bytes, run_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.end_to_end
+
 TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50']
 NAMES = {key: names[0] + '.gz' for key, names in utils.MNIST_FILES.items()}
 
@@ -40,74 +43,6 @@ def fake_mnist(folder, n_train=100, n_test=50):
     """Four gzipped idx files of random digits in folder; returns folder."""
     helpers.fake_mnist(folder, n_train, n_test)
     return folder
-
-
-def run_main(capsys, *argv):
-    """capsulenet.main in-process -> (exit code, stdout, stderr)."""
-    C.clear_session()
-    try:
-        code = capsulenet.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error_line(code, err, message):
-    assert code not in (0, None)
-    lines = [l for l in err.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith('error:')]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    assert message in errors[0], errors[0]
-    assert 'Traceback' not in err
-
-
-def snapshot(folder):
-    """{file name: sha256} of every file under folder (temp files included)."""
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def log_epochs(save_dir):
-    import csv
-    with open(os.path.join(save_dir, 'log.csv')) as f:
-        return [int(row['epoch']) for row in csv.DictReader(f)]
-
-
-def tiny_model(**arch):
-    C.clear_session()
-    kwargs = dict(conv1_filters=16, primary_channels=4)
-    kwargs.update(arch)
-    model, _, _ = capsulenet.CapsNet((28, 28, 1), 10, 3, **kwargs)
-    return model
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return fake_mnist(str(tmp_path_factory.mktemp('mnist')))
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_dir):
-    """A save_dir after one tiny epoch: weights-01.h5, optimizer-01.npz, log.csv, trained_model.h5."""
-    save_dir = str(tmp_path_factory.mktemp('trained'))
-    C.clear_session()
-    assert capsulenet.main(['--epochs', '1', '--data_dir', data_dir, '--save_dir', save_dir,
-                            '--seed', '0'] + TINY) == 0
-    return save_dir
-
-
-@pytest.fixture
-def save_dir(tmp_path, trained):
-    """A copy of the trained save_dir: the 'pre-existing outputs' each failure must leave alone."""
-    path = str(tmp_path / 'result')
-    shutil.copytree(trained, path)
-    return path
 
 
 # ---------------------------------------------------------------- resume
@@ -140,6 +75,7 @@ def test_sigkill_then_resume_logs_each_epoch_once(tmp_path, data_dir):
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
+@pytest.mark.backend_state
 def test_optimizer_state_round_trip(trained):
     arrays = training.load_arrays_npz(os.path.join(trained, 'optimizer-01.npz'))
     assert int(arrays[0]) == 2  # step count: 100 images / batch 50
@@ -154,6 +90,7 @@ def test_optimizer_state_round_trip(trained):
         C.set_optimizer_state(model, arrays[:-1])
 
 
+@pytest.mark.backend_state
 def test_trim_log_keeps_epochs_before_resume(tmp_path):
     path = str(tmp_path / 'log.csv')
     with open(path, 'w') as f:
@@ -164,6 +101,7 @@ def test_trim_log_keeps_epochs_before_resume(tmp_path):
     assert os.listdir(str(tmp_path)) == ['log.csv']
 
 
+@pytest.mark.backend_state
 def test_resume_skips_a_damaged_newest_checkpoint(capsys, save_dir, data_dir):
     with open(os.path.join(save_dir, 'weights-02.h5'), 'wb') as f:
         f.write(b'not hdf5')
@@ -177,6 +115,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(capsys, save_dir, data_dir):
 
 
 # ---------------------------------------------------------------- NaN
+@pytest.mark.backend_state
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, monkeypatch, save_dir):
     rng = np.random.RandomState(0)
     x = np.full((100, 28, 28, 1), np.nan, dtype='float32')
@@ -428,6 +367,7 @@ def first_epoch_losses(capsys, save_dir, data_dir, seed):
     return {k: v for k, v in row.items() if k.endswith('loss')}
 
 
+@pytest.mark.backend_state
 def test_seed_gives_identical_first_epoch_losses(capsys, tmp_path):
     data_dir = fake_mnist(str(tmp_path / 'mnist'), n_train=200, n_test=50)
     a = first_epoch_losses(capsys, str(tmp_path / 'a'), data_dir, 7)

@@ -14,6 +14,8 @@ import compat as C
 import h5weights  # noqa: E402
 from fixtures import make_fixtures as F
 
+pytestmark = pytest.mark.stack
+
 WRITTEN_BY_US = ['keras224', 'tensorflow', 'jax', 'torch']
 
 

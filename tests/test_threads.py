@@ -5,12 +5,15 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 import compat as C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = '''
 import compat as C
+
+pytestmark = pytest.mark.stack
 n = C.configure_threads()
 if C.BACKEND == 'tensorflow' and C.KERAS3:
     import tensorflow as tf
@@ -19,6 +22,9 @@ if C.BACKEND == 'tensorflow' and C.KERAS3:
 elif C.BACKEND == 'torch':
     import torch
     print(n, torch.get_num_threads(), 1)
+elif not C.KERAS3:  # keras 2.2.4: the settings of the session Keras runs its graph in
+    config = C._K.get_session()._config
+    print(n, config.intra_op_parallelism_threads, config.inter_op_parallelism_threads)
 else:
     print(n, n, 1)
 '''
