@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 
-import compat as C
 import h5weights  # noqa: E402
 from fixtures import make_fixtures as F
 
