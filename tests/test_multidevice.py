@@ -1,18 +1,18 @@
-"""--multi_gpu N: on 2 devices (logical CPU devices / JAX host devices) a short run follows
-the same loss trajectory as on 1 and writes the same outputs; bad set-ups are one line.
+"""--multi_gpu N: one training step on 2 devices (logical CPU devices / JAX host devices)
+updates the weights as one device does, to summation-order noise; a short CLI run on 2
+devices trains and writes its outputs; bad set-ups are one line.
 
-Each test runs the CLI in a subprocess: the device count must be fixed before the backend
-starts. Each backend tests its own path (the suite runs once per KERAS_BACKEND)."""
+Each multi-device test runs in a subprocess (tests/one_step.py or the CLI): the device count
+must be fixed before the backend starts. Each backend tests its own path (the suite runs once
+per KERAS_BACKEND)."""
+import json
 import os
-import subprocess
-import sys
 
 import numpy as np
-
-from conftest import ROOT
 import pytest
 
 import compat as C
+from helpers import run_script
 
 pytestmark = pytest.mark.stack
 
@@ -21,13 +21,8 @@ TINY = ['--conv1_filters', '8', '--primary_channels', '2', '--digit_dim', '4',
 COLUMNS = ['loss', 'capsnet_loss', 'decoder_loss', 'val_loss']
 
 
-def cli(args, save_dir, timeout=600, **env):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg', **env)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py')] + args +
-                          ['--save_dir', str(save_dir)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, env=env,
-                          timeout=timeout, cwd=ROOT)
-    return proc
+def cli(args, save_dir, **env):
+    return run_script('capsulenet.py', *(args + ['--save_dir', str(save_dir)]), timeout=600, **env)
 
 
 def trajectory(save_dir):
@@ -37,35 +32,36 @@ def trajectory(save_dir):
     return np.array([[float(r[c]) for c in COLUMNS] for r in rows])
 
 
-def one_vs_two(tmp_path, extra, **env):
-    """Trains on 1 and 2 devices; returns the two log.csv trajectories [epoch, column]."""
-    logs = []
-    for n in ['1', '2']:
-        proc = cli(TINY + extra + ['--multi_gpu', n], tmp_path / n, **env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert ('2 replicas' in proc.stdout) == (n == '2')
-        for name in ['log.csv', 'trained_model.h5', 'weights-02.h5', 'real_and_recon.png']:
-            assert os.path.getsize(str(tmp_path / n / name)) > 0, name
-        logs.append(trajectory(tmp_path / n))
-    assert logs[0].shape == (2, len(COLUMNS))
-    assert logs[0][1, 0] < logs[0][0, 0]  # it trains: a trajectory worth comparing
-    return logs
+MULTI_DEVICE = C.BACKEND == 'jax' or (C.BACKEND == 'tensorflow' and C.KERAS3)
+# JAX sees one CPU device unless told before it starts
+DEVICES_ENV = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'} if C.BACKEND == 'jax' else {}
 
 
-@pytest.mark.skipif(C.BACKEND != 'tensorflow' or not C.KERAS3, reason='TensorFlow (Keras 3) path')
-def test_tensorflow_two_logical_cpus_same_trajectory(tmp_path):
-    one, two = one_vs_two(tmp_path, ['--train_samples', '200'])
-    # measured: max relative difference ~1e-4 here (summation order), ~3e-3 with 16 conv1
-    # filters / 4 primary channels; one unexplained failure in ~8 runs while tuning
-    np.testing.assert_allclose(two, one, rtol=1e-2, err_msg='1 device:\n%s\n2 devices:\n%s'
-                               % (one, two))
+@pytest.mark.skipif(not MULTI_DEVICE, reason='TensorFlow (Keras 3) and JAX paths')
+def test_one_step_on_two_devices_matches_one_device():
+    """The update of one SGD step on 2 devices equals the 1-device update of the same batch
+    to ~1e-5 of its size (measured ~1e-5..1e-6: summation order): a replica that sums its
+    gradients instead of averaging them, or loses its half of the batch, is off by ~50 %."""
+    proc = run_script(os.path.join('tests', 'one_step.py'), 2, timeout=600, **DEVICES_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 replicas' in proc.stdout
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row in rows:
+        assert row['difference'] <= 1e-4 * row['step'] + 1e-6 * row['scale'], row
+    # most tensors move well above float32 rounding, so a scaling error could not hide
+    assert sum(row['step'] > 1e-4 * row['scale'] for row in rows) >= 8, rows
 
 
-@pytest.mark.skipif(C.BACKEND != 'jax', reason='JAX path')
-def test_jax_two_host_devices_same_trajectory(tmp_path):
-    one, two = one_vs_two(tmp_path, ['--train_samples', '60'],
-                          XLA_FLAGS='--xla_force_host_platform_device_count=2')
-    np.testing.assert_allclose(two, one, rtol=1e-3)
+@pytest.mark.skipif(not MULTI_DEVICE, reason='TensorFlow (Keras 3) and JAX paths')
+def test_cli_on_two_devices_trains_and_writes_outputs(tmp_path):
+    proc = cli(TINY + ['--multi_gpu', '2', '--train_samples', '60'], tmp_path, **DEVICES_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 replicas' in proc.stdout
+    for name in ['log.csv', 'trained_model.h5', 'weights-02.h5', 'real_and_recon.png']:
+        assert os.path.getsize(str(tmp_path / name)) > 0, name
+    log = trajectory(tmp_path)
+    assert log.shape == (2, len(COLUMNS)) and np.isfinite(log).all()
+    assert log[1, 0] < log[0, 0]  # it trains
 
 
 def test_batch_not_divisible_is_one_line(tmp_path):
