@@ -16,12 +16,19 @@ TINY_FLAGS = ['--conv1_filters', '16', '--primary_channels', '4']
 TINY = dict(conv1_filters=16, primary_channels=4)
 
 
-def run_script(script, *args, timeout=900, **env):
-    """Runs `python <script> args...` in the repo root -> CompletedProcess (text output)."""
+def run_python(*args, timeout=900, **env):
+    """Runs `python args...` in the repo root -> CompletedProcess (text output). env: extra
+    environment variables; one set to None is removed."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg', **env)
-    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + [str(a) for a in args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          universal_newlines=True, timeout=timeout, cwd=ROOT)
+    env = {k: v for k, v in env.items() if v is not None}
+    return subprocess.run([sys.executable] + [str(a) for a in args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, universal_newlines=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def run_script(script, *args, timeout=900, **env):
+    """Runs `python <script> args...` (script relative to the repo root), as run_python."""
+    return run_python(os.path.join(ROOT, script), *args, timeout=timeout, **env)
 
 
 def cli(*args, timeout=900):

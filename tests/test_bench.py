@@ -1,6 +1,5 @@
 """The benchmark script runs (2 steps) and its naive routing agrees with ours."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -8,6 +7,7 @@ import numpy as np
 from conftest import ROOT
 
 import compat as C
+from helpers import run_script
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import bench  # noqa: E402
@@ -28,12 +28,9 @@ def test_naive_routing_matches_ours_and_differs_with_other_weights():
 
 
 def test_bench_prints_a_table():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'bench.py'),
-                           '--steps', '2', '--warmup', '1', '--routings', '1',
-                           '--batch_size', '4', '--compare',
-                           '--backends', C.BACKEND], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=900)
+    proc = run_script(os.path.join('benchmarks', 'bench.py'), '--steps', '2', '--warmup', '1',
+                      '--routings', '1', '--batch_size', '4', '--compare',
+                      '--backends', C.BACKEND)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [l for l in proc.stdout.splitlines() if l.startswith('| %s ' % C.BACKEND)]
     assert len(rows) == 1

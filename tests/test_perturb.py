@@ -1,20 +1,15 @@
 """The capsule-dimension perturbation viewer, headless (Agg): sliders, reset, image chooser,
 and the `python utils.py perturb` command."""
-import os
-import subprocess
-import sys
-
 import matplotlib
 matplotlib.use('Agg')
 import numpy as np  # noqa: E402
-
-from conftest import ROOT
 import pytest  # noqa: E402
 
 import compat as C  # noqa: E402
 import h5weights  # noqa: E402
 import capsulenet  # noqa: E402
 import viewer as V  # noqa: E402
+from helpers import run_script  # noqa: E402
 
 pytestmark = pytest.mark.stack
 
@@ -86,10 +81,7 @@ def test_image_chooser_switches_input(viewer):
 
 
 def run_utils(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'utils.py')] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          universal_newlines=True, timeout=300, cwd=ROOT)
+    proc = run_script('utils.py', *args, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 

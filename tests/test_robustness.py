@@ -30,7 +30,7 @@ import capsulenet
 import utils
 import helpers
 import training
-from helpers import assert_one_error_line, idx_bytes, run_main
+from helpers import assert_one_error_line, idx_bytes, run_main, run_script
 
 pytestmark = pytest.mark.end_to_end
 
@@ -43,6 +43,54 @@ def fake_mnist(folder, n_train=100, n_test=50):
     """Four gzipped idx files of random digits in folder; returns folder."""
     helpers.fake_mnist(folder, n_train, n_test)
     return folder
+
+
+def snapshot(folder):
+    """{file name: sha256} of every file under folder (temp files included)."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def log_epochs(save_dir):
+    import csv
+    with open(os.path.join(save_dir, 'log.csv')) as f:
+        return [int(row['epoch']) for row in csv.DictReader(f)]
+
+
+def tiny_model(**arch):
+    C.clear_session()
+    kwargs = dict(conv1_filters=16, primary_channels=4)
+    kwargs.update(arch)
+    model, _, _ = capsulenet.CapsNet((28, 28, 1), 10, 3, **kwargs)
+    return model
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return fake_mnist(str(tmp_path_factory.mktemp('mnist')))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir):
+    """A save_dir after one tiny epoch: weights-01.h5, optimizer-01.npz, log.csv, trained_model.h5."""
+    save_dir = str(tmp_path_factory.mktemp('trained'))
+    C.clear_session()
+    assert capsulenet.main(['--epochs', '1', '--data_dir', data_dir, '--save_dir', save_dir,
+                            '--seed', '0'] + TINY) == 0
+    return save_dir
+
+
+@pytest.fixture
+def save_dir(tmp_path, trained):
+    """A copy of the trained save_dir: the 'pre-existing outputs' each failure must leave alone."""
+    path = str(tmp_path / 'result')
+    shutil.copytree(trained, path)
+    return path
 
 
 # ---------------------------------------------------------------- resume
@@ -346,11 +394,8 @@ def test_resume_with_weights_is_refused(capsys, save_dir):
 def test_end_to_end_bad_weights_no_traceback(tmp_path, data_dir):
     path = str(tmp_path / 'junk.h5')
     _not_hdf5(path, None)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg')
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py'), '-t', '-w', path,
-                             '--data_dir', data_dir, '--save_dir', str(tmp_path / 'out')] + TINY,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
-                            universal_newlines=True, timeout=300)
+    result = run_script('capsulenet.py', '-t', '-w', path, '--data_dir', data_dir,
+                        '--save_dir', str(tmp_path / 'out'), *TINY, timeout=300)
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith('error: not a readable HDF5')

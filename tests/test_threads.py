@@ -1,19 +1,14 @@
 """CAPSNET_THREADS caps the backend's CPU threads; bad values are one line."""
-import os
-import subprocess
-import sys
-
 import pytest
 
-from conftest import ROOT
-
 import compat as C
+from helpers import assert_one_error_line, run_main, run_python
 
+
+pytestmark = pytest.mark.stack
 
 PROBE = '''
 import compat as C
-
-pytestmark = pytest.mark.stack
 n = C.configure_threads()
 if C.BACKEND == 'tensorflow' and C.KERAS3:
     import tensorflow as tf
@@ -31,13 +26,9 @@ else:
 
 
 def probe(value):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-    env.pop('CAPSNET_THREADS', None)
-    if value is not None:
-        env['CAPSNET_THREADS'] = value
-    proc = subprocess.run([sys.executable, '-c', PROBE], cwd=ROOT, env=env, timeout=300,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    return proc
+    """PROBE in a fresh process (threads are set before the backend starts) with
+    CAPSNET_THREADS=value (None: unset)."""
+    return run_python('-c', PROBE, timeout=300, CAPSNET_THREADS=value)
 
 
 @pytest.mark.skipif(C.BACKEND == 'jax', reason='JAX threads are set through XLA_FLAGS')
@@ -53,10 +44,8 @@ def test_unset_leaves_backend_default():
     assert proc.stdout.split()[-3] == '0'
 
 
-def test_bad_value_is_one_line(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CAPSNET_THREADS='two')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'capsulenet.py'), '--save_dir',
-                           str(tmp_path)], cwd=ROOT, env=env, timeout=300,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith('error: CAPSNET_THREADS')
+def test_bad_value_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('CAPSNET_THREADS', 'two')
+    code, out, err = run_main(capsys, '--save_dir', str(tmp_path))
+    assert_one_error_line(code, err, 'CAPSNET_THREADS')
+    assert code == 2 and err.strip().startswith('error: CAPSNET_THREADS')
