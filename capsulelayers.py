@@ -147,7 +147,8 @@ def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
 
     inputs: [batch, H, W, C] -> [batch, H' * W' * n_channels, dim_capsule]
     """
-    output = layers.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
+    # C.Conv2D: the plain layer, but for the strided convolution's JAX path (compat)
+    output = C.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
                            strides=strides, padding=padding,
                            name='primarycap_conv2d')(inputs)
     outputs = layers.Reshape(target_shape=(-1, dim_capsule), name='primarycap_reshape')(output)
