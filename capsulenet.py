@@ -516,6 +516,9 @@ def build_parser():
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
                    help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
                         '--batch_size is split between them and must be divisible by N')
+    p.add_argument('--mixed_precision', default='off', choices=sorted(C.PRECISIONS),
+                   help='convolutions and dense layers compute in bf16 or fp16 (loss scaling) '
+                        'with float32 variables; capsule math stays float32 (Keras 3 only)')
     p.add_argument('--workers', default=1, type=_bounded(int, 1),
                    help='processes preparing training batches (augmentation); 1: in the training '
                         'process. Batches are the same for any N (they depend on seed, epoch '
@@ -709,6 +712,7 @@ def run(args):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t or -w')
     prepare_save_dir(args.save_dir)
+    C.set_precision(getattr(args, 'mixed_precision', 'off'))  # before any model is built
     scope = C.distribution_scope(args.multi_gpu, args.batch_size)
     if args.seed is not None:
         C.set_seed(args.seed)

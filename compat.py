@@ -256,6 +256,26 @@ def set_seed(seed):
         tf.set_random_seed(seed)
 
 
+# ---------------------------------------------------------------- mixed precision
+# --mixed_precision name -> Keras 3 dtype policy: layers compute in the policy's type with
+# float32 variables; layers that must stay float32 say dtype='float32' (capsulelayers).
+PRECISIONS = {'off': 'float32', 'bf16': 'mixed_bfloat16', 'fp16': 'mixed_float16'}
+
+
+def set_precision(name):
+    """Sets the global mixed-precision policy ('off', 'bf16' or 'fp16') for the models built
+    after it. Under 'fp16' Keras 3 wraps the optimizer in a LossScaleOptimizer at compile
+    time (loss scaling). keras 2.2.4 has no policies: anything but 'off' is a UserError."""
+    if name not in PRECISIONS:
+        raise UserError('unknown precision %r (choose from %s)' % (name, ', '.join(PRECISIONS)))
+    if not KERAS3:
+        if name != 'off':
+            raise UserError('--mixed_precision %s needs Keras 3 (keras %s has no mixed-precision '
+                            'policies)' % (name, keras.__version__))
+        return
+    keras.mixed_precision.set_global_policy(PRECISIONS[name])
+
+
 # ---------------------------------------------------------------- strided convolution
 if KERAS3:
     def stack(tensors, axis):
