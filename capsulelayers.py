@@ -26,7 +26,17 @@ def squash(vectors, axis=-1):
     return scale * vectors
 
 
-class Squash(layers.Layer):
+class CapsuleMath(layers.Layer):
+    """Base of the layers doing capsule math (squash, routing, lengths, masks): they compute
+    in float32 under a mixed-precision policy, because capsule lengths at initialisation
+    (~1e-4) and the 1e-20 epsilon under the square roots do not survive bf16/fp16."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault('dtype', 'float32')
+        super(CapsuleMath, self).__init__(**kwargs)
+
+
+class Squash(CapsuleMath):
     """Layer form of `squash` over the last axis: [batch, num_capsule, dim] -> same."""
 
     def call(self, inputs, **kwargs):
@@ -36,7 +46,7 @@ class Squash(layers.Layer):
         return input_shape
 
 
-class Length(layers.Layer):
+class Length(CapsuleMath):
     """Capsule lengths as class scores: [batch, num_capsule, dim] -> [batch, num_capsule]."""
 
     def call(self, inputs, **kwargs):
@@ -46,7 +56,7 @@ class Length(layers.Layer):
         return tuple(input_shape[:-1])
 
 
-class Mask(layers.Layer):
+class Mask(CapsuleMath):
     """Zeroes all capsules but one and flattens, for the decoder.
 
     inputs: capsules [batch, num_capsule, dim], or [capsules, y] with y one-hot
@@ -70,7 +80,7 @@ class Mask(layers.Layer):
         return (shape[0], shape[1] * shape[2])
 
 
-class CapsuleLayer(layers.Layer):
+class CapsuleLayer(CapsuleMath):
     """Fully connected capsule layer with dynamic routing (Procedure 1).
 
     inputs: [batch, input_num_capsule, input_dim_capsule]
@@ -147,13 +157,11 @@ def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
 
     inputs: [batch, H, W, C] -> [batch, H' * W' * n_channels, dim_capsule]
     """
-    output = layers.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
-                           strides=strides, padding=padding,
-                           name='primarycap_conv2d')(inputs)
+    # C.Conv2D: the plain layer, but for the strided convolution's JAX path (compat)
+    output = C.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
+                      strides=strides, padding=padding, name='primarycap_conv2d')(inputs)
     outputs = layers.Reshape(target_shape=(-1, dim_capsule), name='primarycap_reshape')(output)
     return Squash(name='primarycap_squash')(outputs)
-
-
 
 
 # ---------------------------------------------------------------- Efficient-CapsNet
@@ -172,7 +180,7 @@ def efficient_squash(vectors, axis=-1, eps=EPSILON):
     return (1 - 1 / (C.exp(norm) + eps)) * vectors / (norm + eps)
 
 
-class EfficientSquash(layers.Layer):
+class EfficientSquash(CapsuleMath):
     """Layer form of `efficient_squash` over the last axis: [batch, n, dim] -> same."""
 
     def call(self, inputs, **kwargs):
@@ -195,7 +203,7 @@ def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, name='primarycap'):
     return EfficientSquash(name=name + '_squash')(outputs)
 
 
-class FCCaps(layers.Layer):
+class FCCaps(CapsuleMath):
     """Fully connected capsules with self-attention routing (Efficient-CapsNet).
 
     inputs u: [batch, input_num_capsule (i), input_dim_capsule]

@@ -239,7 +239,7 @@ def prepare_save_dir(path):
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
         resume=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
         lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
-        keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
+        mixed_precision='off', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
         data_dir=None, train_samples=None, test_samples=None, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
@@ -250,6 +250,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in DATASET_FLAGS[dataset] if k in options}
     prepare_save_dir(save_dir)
+    C.set_precision(mixed_precision)  # before any model is built
     scope = C.distribution_scope(multi_gpu, batch_size)
     if seed is not None:
         C.set_seed(seed)
@@ -509,6 +510,9 @@ def build_parser():
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
                    help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
                         '--batch_size is split between them and must be divisible by N')
+    p.add_argument('--mixed_precision', default='off', choices=sorted(C.PRECISIONS),
+                   help='convolutions and dense layers compute in bf16 or fp16 (loss scaling) '
+                        'with float32 variables; capsule math stays float32 (Keras 3 only)')
     p.add_argument('--workers', default=1, type=_bounded(int, 1),
                    help='processes preparing training batches (augmentation); 1: in the training '
                         'process. Batches are the same for any N (they depend on seed, epoch '

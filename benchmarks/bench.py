@@ -86,6 +86,7 @@ def run_worker(args):
     import compat as C
     import capsulenet
     threads = C.configure_threads()  # CAPSNET_THREADS
+    C.set_precision(args.precision)
     options = {'routings': args.routings} if 'routings' in capsulenet.MODELS[args.model].flags else {}
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
     capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model])
@@ -97,7 +98,7 @@ def run_worker(args):
     infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
     result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,
               'routings': args.routings, 'batch_size': args.batch_size,
-              'threads': threads or 'default',
+              'threads': threads or 'default', 'precision': args.precision,
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
               'infer_images_per_s': round(args.batch_size / infer_s, 1)}
@@ -113,7 +114,7 @@ def run_worker(args):
 COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
            ('train_ms_per_step', 'train ms/step'), ('train_images_per_s', 'train img/s'),
            ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
-           ('threads', 'threads'),
+           ('threads', 'threads'), ('precision', 'precision'),
            ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
            ('max_abs_diff', 'max |ours-naive|')]
 
@@ -126,29 +127,46 @@ def table(results):
     return '\n'.join(lines)
 
 
+def ratios(results):
+    """Lines 'backend model rN: P / off training img/s = R' for each precision P != off
+    measured beside an 'off' row of the same configuration (same bench run)."""
+    lines = []
+    key = lambda r: (r['backend'], r['model'], r['routings'])
+    base = {key(r): r for r in results if r.get('precision') == 'off'}
+    for r in results:
+        if r.get('precision', 'off') != 'off' and key(r) in base:
+            lines.append('%s %s r%d: %s / off training img/s = %.2f' % (
+                r['backend'], r['model'], r['routings'], r['precision'],
+                r['train_images_per_s'] / base[key(r)]['train_images_per_s']))
+    return lines
+
+
 def run_parent(args):
     results = []
-    for backend in args.backends.split(','):
-        for model in args.models.split(','):
-            for routings in [int(r) for r in args.routings.split(',')]:
-                cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
-                       '--routings', str(routings), '--batch_size', str(args.batch_size),
-                       '--steps', str(args.steps), '--warmup', str(args.warmup)]
-                cmd += ['--compare'] if args.compare else []
-                env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
-                proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, universal_newlines=True)
-                found = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-                if proc.returncode != 0 or not found:
-                    tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
-                    print('%s %s r%d failed: %s' % (backend, model, routings, tail), file=sys.stderr)
-                    continue
-                results.append(json.loads(found[-1][len('RESULT '):]))
-                print(json.dumps(results[-1]), flush=True)
-    print(table(results))
+    configs = [(backend, model, int(routings), precision)
+               for backend in args.backends.split(',') for model in args.models.split(',')
+               for routings in args.routings.split(',') for precision in args.precision.split(',')]
+    for backend, model, routings, precision in configs:
+        cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
+               '--routings', str(routings), '--batch_size', str(args.batch_size),
+               '--steps', str(args.steps), '--warmup', str(args.warmup),
+               '--precision', precision]
+        cmd += ['--compare'] if args.compare else []
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True)
+        found = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+        if proc.returncode != 0 or not found:
+            tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+            print('%s %s r%d failed: %s' % (backend, model, routings, tail), file=sys.stderr)
+            continue
+        results.append(json.loads(found[-1][len('RESULT '):]))
+        print(json.dumps(results[-1]), flush=True)
+    text = '\n'.join([table(results)] + ratios(results))
+    print(text)
     if args.out:
         with open(args.out, 'w') as f:
-            f.write(table(results) + '\n')
+            f.write(text + '\n')
     return 0 if results else 1
 
 
@@ -163,6 +181,9 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first (compilation)')
     p.add_argument('--compare', action='store_true',
                    help="also time the seed's naive routing on the same weights")
+    p.add_argument('--precision', default='off',
+                   help='comma-separated --mixed_precision settings (off, bf16, fp16); with '
+                        'off and another, their training img/s ratio is printed')
     p.add_argument('--out', default=None, help='also write the markdown table to this file')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--model', default='capsnet', help=argparse.SUPPRESS)

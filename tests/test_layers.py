@@ -116,3 +116,67 @@ def test_capsule_layer_config_round_trip():
     layer = CL.CapsuleLayer(10, 16, routings=2, name='digitcaps')
     clone = CL.CapsuleLayer.from_config(layer.get_config())
     assert (clone.num_capsule, clone.dim_capsule, clone.routings, clone.name) == (10, 16, 2, 'digitcaps')
+
+
+# ---------------------------------------------------------------- strided convolution
+def np_conv(x, w, strides):
+    """'valid' convolution, written out: x [B, H, W, C], w [k0, k1, C, F] -> [B, H', W', F]."""
+    (s0, s1), (k0, k1) = strides, w.shape[:2]
+    out = np.zeros((x.shape[0], (x.shape[1] - k0) // s0 + 1, (x.shape[2] - k1) // s1 + 1, w.shape[3]))
+    for p in range(out.shape[1]):
+        for q in range(out.shape[2]):
+            out[:, p, q] = np.einsum('bijc,ijcf->bf', x[:, s0 * p:s0 * p + k0, s1 * q:s1 * q + k1], w)
+    return out
+
+
+def np_conv_input_gradient(x, w, strides):
+    """d sum(conv(x, w)) / dx: each input pixel gets the kernel taps (summed over filters)
+    of every output that reads it."""
+    (s0, s1), (k0, k1) = strides, w.shape[:2]
+    grad, taps = np.zeros_like(x), w.sum(-1)
+    for p in range((x.shape[1] - k0) // s0 + 1):
+        for q in range((x.shape[2] - k1) // s1 + 1):
+            grad[:, s0 * p:s0 * p + k0, s1 * q:s1 * q + k1] += taps
+    return grad
+
+
+@pytest.mark.parametrize('size, kernel, strides', [
+    ((20, 20), (9, 9), (2, 2)),   # the primary capsules' shapes (smaller channels)
+    ((7, 9), (3, 3), (2, 2)),     # odd sizes: the last rows are not read
+    ((11, 12), (5, 4), (2, 3)),   # unequal strides, a kernel already a stride multiple
+    ((6, 6), (2, 2), (2, 2)),     # kernel == stride
+])
+def test_patches_conv_equals_the_strided_conv(size, kernel, strides):
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, size[0], size[1], 3).astype('float32')
+    w = rng.randn(kernel[0], kernel[1], 3, 4).astype('float32')
+    got = C.evaluate(lambda a, b: C.patches_conv(a, b, strides), x, w)
+    np.testing.assert_allclose(got, np_conv(x, w, strides), rtol=1e-4, atol=1e-4)
+    grad = C.gradient_of_sum(lambda a: C.patches_conv(a, _const(w), strides), x)
+    np.testing.assert_allclose(grad, np_conv_input_gradient(x, w, strides), rtol=1e-4, atol=1e-4)
+
+
+def _const(array):
+    """array as a backend tensor (a constant in the gradient checks)."""
+    if C.KERAS3:
+        import keras
+        return keras.ops.convert_to_tensor(array)
+    return C._K.constant(array)
+
+
+def test_primary_capsule_conv_layer_equals_plain_conv2d():
+    """C.Conv2D (patches_conv on JAX/CPU) and keras' Conv2D give the same outputs and the same
+    weights layout; on JAX this exercises the rewritten path inside a model."""
+    rng = np.random.RandomState(1)
+    x = rng.rand(3, 20, 20, 8).astype('float32')
+    weights = [rng.randn(9, 9, 8, 16).astype('float32') * 0.1, rng.randn(16).astype('float32')]
+    outputs = []
+    for cls in (C.Conv2D, C.layers.Conv2D):
+        C.clear_session()
+        inputs = C.layers.Input(shape=(20, 20, 8))
+        layer = cls(16, 9, strides=2, padding='valid', name='primarycap_conv2d')
+        model = C.models.Model(inputs, layer(inputs))
+        layer.set_weights(weights)
+        outputs.append(model.predict(x, batch_size=3))
+    assert outputs[0].shape == (3, 6, 6, 16)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)

@@ -418,5 +418,9 @@ def test_seed_gives_identical_first_epoch_losses(capsys, tmp_path):
     a = first_epoch_losses(capsys, str(tmp_path / 'a'), data_dir, 7)
     b = first_epoch_losses(capsys, str(tmp_path / 'b'), data_dir, 7)
     c = first_epoch_losses(capsys, str(tmp_path / 'c'), data_dir, 8)
-    assert len(a) >= 4 and a == b  # exact: same strings in log.csv
-    assert a['loss'] != c['loss']
+    if C.KERAS3:
+        assert len(a) >= 4 and a == b  # exact: same strings in log.csv
+    else:  # TF 1.x graph mode has no op-determinism switch: close, not bit-identical (README)
+        assert len(a) >= 4 and {k: pytest.approx(float(v), rel=1e-3) for k, v in a.items()} \
+            == {k: float(v) for k, v in b.items()}
+    assert float(c['loss']) != pytest.approx(float(a['loss']), rel=1e-3)  # another seed
