@@ -130,8 +130,8 @@ def test_overlay_batch_is_pure(digits):
     # other epoch, seed or batch index: other pairs and shifts
     assert not np.array_equal(batch(1)[0], batch(1, epoch=3)[0])
     assert not np.array_equal(batch(1)[0], batch(1, seed=10)[0])
-    assert not np.array_equal(
-        mm.overlay_batch(x, y, order[:4], 9, 2, 0)[0], mm.overlay_batch(x, y, order[:4], 9, 2, 1)[0])
+    assert not np.array_equal(mm.overlay_batch(x, y, order[:4], 9, 2, 0)[0],
+                              mm.overlay_batch(x, y, order[:4], 9, 2, 1)[0])
     assert not np.array_equal(mm.epoch_order(N, 9, 2), mm.epoch_order(N, 9, 3))
 
 
