@@ -294,3 +294,14 @@ def test_train_batch_is_pure(split):
     assert not np.array_equal(batch(0)[0], batch(0, seed=3)[0])
     assert not np.array_equal(sn.train_batch(x, y, order[:3], 2, 1, 0, patch=8)[0],
                               sn.train_batch(x, y, order[:3], 2, 1, 1, patch=8)[0])
+
+
+def test_data_modules_import_no_keras():
+    import subprocess
+    import sys
+    code = ('import sys, multimnist, smallnorb, data_errors; '
+            'print([m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow", "jax", '
+            '"torch", "compat", "utils")])')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.check_output([sys.executable, '-c', code], cwd=root, universal_newlines=True)
+    assert out.strip() == '[]'
