@@ -209,6 +209,9 @@ def test_set(x, y, pairs_per_image, seed, max_shift=MAX_SHIFT, canvas=CANVAS,
     return overlay(x, labels, first, partners.ravel(), rng, max_shift, canvas, with_classes)
 
 
+test_set.__test__ = False  # a data function: pytest must not collect it where it is imported
+
+
 # ---------------------------------------------------------------- metric and loss references
 def two_digit_correct(two_hot, lengths):
     """Per item: True when the two longest capsules are exactly the two digits.
