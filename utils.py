@@ -39,13 +39,38 @@ def _find_idx(data_dir, names):
     return None
 
 
-def _read_bytes(path):
+def _read_upto(f, limit, chunk=1 << 20):
+    """At most `limit` bytes from the open file f, read in chunks: a header's claim of a huge
+    size (or a gzip bomb) never allocates or inflates more than the data really there + 1."""
+    parts, left = [], limit
+    while left > 0:
+        part = f.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b''.join(parts)
+
+
+def _read_idx_bytes(path, ndim):
+    """(header bytes, dims, data bytes) of an idx file, the data cut at the size the header
+    declares + 1 byte (enough to tell trailing data). Sizes are Python ints: dims up to
+    2^32 - 1 each cannot wrap around."""
+    opener = gzip.open if path.endswith('.gz') else open
     try:
-        if path.endswith('.gz'):
-            with gzip.open(path, 'rb') as f:
-                return f.read()
-        with open(path, 'rb') as f:
-            return f.read()
+        with opener(path, 'rb') as f:
+            header = _read_upto(f, 4 + 4 * ndim)
+            if len(header) < 4 + 4 * ndim:
+                raise UserError('%s is empty or truncated (%d bytes)' % (path, len(header)))
+            magic = struct.unpack('>I', header[:4])[0]
+            if magic != IDX_MAGIC[ndim]:
+                raise UserError('%s: wrong idx magic number 0x%08x (expected 0x%08x for %d-D '
+                                'ubyte data)' % (path, magic, IDX_MAGIC[ndim], ndim))
+            dims = struct.unpack('>%dI' % ndim, header[4:])
+            size = 1
+            for d in dims:
+                size *= int(d)
+            return header, dims, size, _read_upto(f, size + 1)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise UserError('cannot read %s: %s (corrupt or truncated gzip?)' % (path, e))
 
@@ -56,19 +81,12 @@ def read_idx(path, ndim):
     ndim 3: images [N, rows, cols] uint8; ndim 1: labels [N] uint8.
     """
     import idx2numpy
-    data = _read_bytes(path)
-    if len(data) < 4 + 4 * ndim:
-        raise UserError('%s is empty or truncated (%d bytes)' % (path, len(data)))
-    magic = struct.unpack('>I', data[:4])[0]
-    if magic != IDX_MAGIC[ndim]:
-        raise UserError('%s: wrong idx magic number 0x%08x (expected 0x%08x for %d-D ubyte data)'
-                        % (path, magic, IDX_MAGIC[ndim], ndim))
-    dims = struct.unpack('>%dI' % ndim, data[4:4 + 4 * ndim])
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if len(data) != expected:
-        raise UserError('%s is truncated or has trailing data: header says %s (%d bytes), file has %d'
-                        % (path, 'x'.join(map(str, dims)), expected, len(data)))
-    return idx2numpy.convert_from_string(data)
+    header, dims, size, data = _read_idx_bytes(path, ndim)
+    if len(data) != size:
+        raise UserError('%s is truncated or has trailing data: header says %s (%d bytes), file '
+                        'has %s' % (path, 'x'.join(map(str, dims)), len(header) + size,
+                                    len(header) + len(data) if len(data) < size else 'more'))
+    return idx2numpy.convert_from_string(header + data)
 
 
 def _mnist_from_keras():

@@ -6,6 +6,7 @@ import pytest
 
 from compat import UserError
 import utils
+import helpers
 from helpers import fake_mnist
 
 pytestmark = pytest.mark.stack
@@ -85,3 +86,18 @@ def test_plot_log_one_and_several(tmp_path):
     assert os.path.getsize(out2) > 5000
     with pytest.raises(UserError):
         utils.plot_log(str(tmp_path / 'missing.csv'), out)
+
+
+def test_reading_stops_at_the_declared_size(tmp_path, monkeypatch):
+    """A gzip bomb (a small header, 64 MB of zeros after it) is inflated only up to the size
+    its header declares + 1 byte, not whole."""
+    import gzip
+    path = str(tmp_path / 'bomb-idx1-ubyte.gz')
+    with gzip.open(path, 'wb') as f:
+        f.write(helpers.idx_bytes(np.zeros(10)) + bytes(64 << 20))
+    read = []
+    real_upto = utils._read_upto
+    monkeypatch.setattr(utils, '_read_upto', lambda f, limit: read.append(limit) or real_upto(f, limit))
+    with pytest.raises(utils.UserError, match='trailing data'):
+        utils.read_idx(path, 1)
+    assert read == [8, 11]

@@ -279,6 +279,11 @@ DATA_CASES = {
     'wrong_dims': (rewrite('test_images', idx_bytes(np.zeros((50, 28, 27)))), 'shape'),
     'labels_as_images': (rewrite('train_labels', GOOD_IMAGES), 'magic'),
     'zero_images': (rewrite('test_images', idx_bytes(np.zeros((0, 28, 28)))), '0 images'),
+    # 2^31 x 2^31 x 2^31 in a 16-byte file: a size that wraps to 0 in int64 arithmetic
+    'dims_overflow': (rewrite('train_images', struct.pack('>4I', 0x803, 2 ** 31, 2 ** 31, 2 ** 31)),
+                      'truncated'),
+    # 100 images declared, 64 MB of zeros behind them (a 64 KB .gz): read up to the declared size
+    'gzip_bomb': (rewrite('train_images', GOOD_IMAGES + bytes(64 << 20)), 'trailing data'),
 }
 
 
