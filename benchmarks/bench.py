@@ -9,7 +9,9 @@ Each configuration runs in its own process (clean peak RSS, one backend per proc
 prints one JSON line; the parent prints a markdown table. Figures are medians over --steps
 timed steps after --warmup untimed ones, on random inputs of MNIST shape.
 --compare also times the seed's routing (per-sample map_fn over inputs tiled once per output
-capsule, then batch_dot) on the same weights, and checks that both give the same capsules.
+capsule, then batch_dot) on the same weights, and checks that both give the same capsules;
+and the whole training step of the model with that seed-style capsule layer against ours,
+the two timed in turns in one process, with the ratio (what a user of either would see).
 """
 import argparse
 import json
@@ -60,6 +62,55 @@ def median_seconds(fn, steps, warmup):
     return times[len(times) // 2]
 
 
+def build_trained_pair(model, routings):
+    """Two compiled training models of `model` on the same weights: ours, and one whose
+    CapsuleLayer is the seed-style layer above (everything else identical)."""
+    import capsulenet
+    spec = capsulenet.MODELS[model]
+    options = {'routings': routings} if 'routings' in spec.flags else {}
+    pair = []
+    for layer_class in (capsulenet.CapsuleLayer, naive_capsule_layer_class()):
+        saved, capsulenet.CapsuleLayer = capsulenet.CapsuleLayer, layer_class
+        try:  # the builder looks the class up in its module at call time
+            train_model, eval_model, _ = capsulenet.build_models(model, (28, 28, 1), 10,
+                                                                 **options)
+        finally:
+            capsulenet.CapsuleLayer = saved
+        capsulenet.compile_model(train_model, 1e-3, 0.392, spec)
+        pair.append((train_model, eval_model))
+    pair[1][0].set_weights(pair[0][0].get_weights())
+    return pair
+
+
+def alternating_medians(fns, steps, warmup):
+    """Median seconds of each fn, timed in turns (a, b, a, b, ...) so that a change in the
+    machine's load falls on all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(steps):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def compare_training_step(model, routings, x, y, steps, warmup):
+    """Whole training step (train_on_batch) of ours vs the seed-style capsule layer, timed
+    alternately in this process; max_abs_diff compares their class scores first."""
+    import numpy as np
+    (ours, ours_eval), (seed, seed_eval) = build_trained_pair(model, routings)
+    scores = [m.predict_on_batch(x)[0] for m in (ours_eval, seed_eval)]  # [batch, n_class]
+    diff = float(np.abs(scores[0] - scores[1]).max())
+    ours_s, seed_s = alternating_medians(
+        [lambda: ours.train_on_batch([x, y], [y, x]),
+         lambda: seed.train_on_batch([x, y], [y, x])], steps, warmup)
+    return {'step_ours_ms': 1000 * ours_s, 'step_seed_ms': 1000 * seed_s,
+            'step_seed_over_ours': seed_s / ours_s, 'step_max_abs_diff': diff}
+
+
 def compare_routing(routings, batch_size, steps, warmup):
     """Times ours vs the naive routing layer (forward + backward) on identical weights."""
     import numpy as np
@@ -102,10 +153,12 @@ def run_worker(args):
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
               'infer_images_per_s': round(args.batch_size / infer_s, 1)}
-    if args.compare:
-        result.update({k: round(v, 6 if k == 'max_abs_diff' else 1) for k, v in
-                       compare_routing(args.routings, args.batch_size, args.steps,
-                                       args.warmup).items()})
+    if args.compare and 'routings' in capsulenet.MODELS[args.model].flags:
+        measured = compare_routing(args.routings, args.batch_size, args.steps, args.warmup)
+        measured.update(compare_training_step(args.model, args.routings, x, y, args.steps,
+                                              args.warmup))
+        result.update({k: round(v, 6 if 'diff' in k else 2 if 'over' in k else 1)
+                       for k, v in measured.items()})
     result['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024., 1)
     print('RESULT ' + json.dumps(result), flush=True)
 
@@ -116,7 +169,10 @@ COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
            ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
            ('threads', 'threads'), ('precision', 'precision'),
            ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
-           ('max_abs_diff', 'max |ours-naive|')]
+           ('max_abs_diff', 'routing max diff'),
+           ('step_ours_ms', 'step ours ms'), ('step_seed_ms', 'step seed-style ms'),
+           ('step_seed_over_ours', 'seed-style / ours'),
+           ('step_max_abs_diff', 'scores max diff')]
 
 
 def table(results):
@@ -180,7 +236,8 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=20, help='timed steps (median reported)')
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first (compilation)')
     p.add_argument('--compare', action='store_true',
-                   help="also time the seed's naive routing on the same weights")
+                   help="also time the seed's naive routing, and the whole training step "
+                        "with the seed-style capsule layer, on the same weights")
     p.add_argument('--precision', default='off',
                    help='comma-separated --mixed_precision settings (off, bf16, fp16); with '
                         'off and another, their training img/s ratio is printed')
