@@ -121,6 +121,10 @@ class CropBatches(ShiftedBatches):
     [N, 64, 64, 2] prepared pairs -> random 48x48 crops with random brightness and contrast
     [B, 48, 48, 2], a pure function of (seed, epoch, index); y one-hot [N, 5]."""
 
+    def __init__(self, x, y, batch_size, seed=None, workers=1):
+        super(CropBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                          workers=workers)
+
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         patches, y = smallnorb.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
