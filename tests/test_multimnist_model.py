@@ -145,7 +145,9 @@ SMALL = ['--dataset', 'multimnist', '--train_samples', '64', '--test_samples', '
 MODEL_FLAGS = {'capsnet': TINY_FLAGS, 'efficient': [], 'cnn': ['--conv1_filters', '8']}
 
 
-@pytest.mark.parametrize('model', ['capsnet', 'efficient', 'cnn'])
+# capsnet on every stack; the other two where the CLI training runs are (marker train_cli)
+@pytest.mark.parametrize('model', ['capsnet', pytest.param('efficient', marks=pytest.mark.train_cli),
+                                   pytest.param('cnn', marks=pytest.mark.train_cli)])
 def test_cli_trains_and_tests_multimnist(tmp_path, capsys, model):
     save = str(tmp_path / 'train')
     common = ['--model', model] + SMALL + MODEL_FLAGS[model]

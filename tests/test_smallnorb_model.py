@@ -81,7 +81,8 @@ def small_args(folder, model='efficient'):
             '--epochs', '1', '--batch_size', '8', '--seed', '1'] + flags
 
 
-@pytest.mark.parametrize('model', ['efficient', 'cnn'])
+# efficient on every stack; the CNN where the CLI training runs are (marker train_cli)
+@pytest.mark.parametrize('model', ['efficient', pytest.param('cnn', marks=pytest.mark.train_cli)])
 def test_cli_trains_and_tests_smallnorb(tmp_path, capsys, model):
     folder = tmp_path / 'norb'
     folder.mkdir()
