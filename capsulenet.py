@@ -230,6 +230,8 @@ def two_digit_accuracy(y_true, y_pred):
     digits of the two-hot y_true [batch, n_class], i.e. every true class's score beats every
     other class's; y_pred: lengths (or probabilities) in [0, 1] -> [batch].
     NumPy reference: multimnist.two_digit_correct."""
+    # float32: a mixed-precision CNN's probabilities may come in 16 bits
+    y_true, y_pred = C.cast(y_true, 'float32'), C.cast(y_pred, 'float32')
     # scores lie in [0, 1]: +-2 takes a class out of the other side's min / max
     shortest_true = C.reduce_min(y_pred + 2. * (1. - y_true), -1)
     longest_other = C.reduce_max(y_pred - 2. * y_true, -1)
@@ -473,6 +475,9 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                            spec.monitor, initial_epoch, train_model, keep_checkpoints,
                            extra_callbacks)
         acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+        if dataset == 'multimnist':
+            print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
+                  % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
         if extra is not None:
             affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
 
