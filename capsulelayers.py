@@ -60,20 +60,36 @@ class Mask(CapsuleMath):
     """Zeroes all capsules but one and flattens, for the decoder.
 
     inputs: capsules [batch, num_capsule, dim], or [capsules, y] with y one-hot
-    [batch, num_capsule] (training: mask by the true label). Without y the longest capsule
-    is kept (prediction). Output: [batch, num_capsule * dim].
+    [batch, num_capsule] (training: mask by the true label). Without y the rank-th longest
+    capsule is kept (prediction; rank 0: the longest, rank 1: the second longest, MultiMNIST's
+    second digit). Output: [batch, num_capsule * dim].
     """
+
+    def __init__(self, rank=0, **kwargs):
+        super(Mask, self).__init__(**kwargs)
+        self.rank = int(rank)
 
     def call(self, inputs, **kwargs):
         if isinstance(inputs, (list, tuple)):
             capsules, mask = inputs
         else:
             capsules = inputs
-            lengths = C.sqrt(C.reduce_sum(C.square(capsules), -1))
-            mask = C.one_hot(C.argmax(lengths, 1), C.int_shape(capsules)[1])
+            mask = self.rank_mask(C.sqrt(C.reduce_sum(C.square(capsules), -1)))
         shape = C.int_shape(capsules)
         masked = capsules * C.expand_dims(C.cast(mask, capsules.dtype), -1)
         return C.reshape(masked, (-1, shape[1] * shape[2]))
+
+    def rank_mask(self, lengths):
+        """One-hot [batch, num_capsule] of the rank-th longest of lengths [batch, num_capsule]."""
+        n = C.int_shape(lengths)[1]
+        for _ in range(self.rank):  # lengths are in [0, 1]: -2 takes the longest out of the race
+            lengths = lengths - 2. * C.one_hot(C.argmax(lengths, 1), n)
+        return C.one_hot(C.argmax(lengths, 1), n)
+
+    def get_config(self):
+        config = super(Mask, self).get_config()
+        config['rank'] = self.rank
+        return config
 
     def compute_output_shape(self, input_shape):
         shape = input_shape[0] if isinstance(input_shape, list) else input_shape
@@ -190,15 +206,17 @@ class EfficientSquash(CapsuleMath):
         return input_shape
 
 
-def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, name='primarycap'):
-    """Depthwise primary capsules: DepthwiseConv2D(kernel_size) with bias, reshaped, squashed.
+def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, strides=1, name='primarycap'):
+    """Depthwise primary capsules: DepthwiseConv2D(kernel_size, strides) with bias, reshaped,
+    squashed.
 
     inputs: [batch, H, W, C] -> [batch, H' * W' * C / dim_capsule, dim_capsule]. On the
     MNIST stack H = W = kernel_size = 9 and C = 128: one 1x1x128 map -> 16 capsules of 8-D
-    (the reference's Conv2D(128, 9, groups=128): 128 * (81 + 1) = 10,496 parameters).
+    (the reference's Conv2D(128, 9, groups=128): 128 * (81 + 1) = 10,496 parameters); smallNORB:
+    8x8 maps, kernel 8; MultiMNIST: 6x6 maps, kernel 5, stride 2.
     """
-    output = layers.DepthwiseConv2D(kernel_size=kernel_size, padding='valid', use_bias=True,
-                                    name=name + '_dwconv')(inputs)
+    output = layers.DepthwiseConv2D(kernel_size=kernel_size, strides=strides, padding='valid',
+                                    use_bias=True, name=name + '_dwconv')(inputs)
     outputs = layers.Reshape(target_shape=(-1, dim_capsule), name=name + '_reshape')(output)
     return EfficientSquash(name=name + '_squash')(outputs)
 

@@ -1,4 +1,5 @@
-"""CapsNet on MNIST (Sabour, Frosst & Hinton 2017): the models, their losses and the CLI.
+"""CapsNet (Sabour, Frosst & Hinton 2017) on MNIST, affNIST, MultiMNIST and smallNORB: the
+models, their losses and the CLI.
 
 Usage:
     python capsulenet.py                       # train 50 epochs, routings 3
@@ -6,6 +7,8 @@ Usage:
     python capsulenet.py -t -w result/trained_model.h5            # test
     python capsulenet.py -t -w result/trained_model.h5 --digit 5  # manipulate capsule dims
     python capsulenet.py --dataset affnist --model cnn   # §5.2: translated MNIST -> affNIST
+    python capsulenet.py --dataset multimnist            # §6: two overlapping digits, 36x36
+    python capsulenet.py --dataset smallnorb --model efficient --smallnorb_dir data/smallnorb
 
 This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN) and one registry
 of them (MODELS), the losses, test / manipulate / the affNIST report / the Table 1 runner, and
@@ -24,11 +27,14 @@ import numpy as np
 
 import affnist_loader
 import compat as C
+import multimnist
 import paper
+import smallnorb
 import training
 import utils
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 from compat import layers, models, callbacks
+from data_errors import DataError
 from h5weights import load_weights_h5
 from safeio import UserError, atomic_write
 
@@ -36,11 +42,12 @@ from safeio import UserError, atomic_write
 # ---------------------------------------------------------------- models
 def CapsNet(input_shape, n_class, routings=3, conv1_filters=256, conv1_kernel=9,
             primary_channels=32, primary_dim=8, primary_kernel=9, primary_strides=2,
-            digit_dim=16, decoder_units=(512, 1024)):
+            digit_dim=16, decoder_units=(512, 1024), digits=1):
     """Builds the three CapsNet models sharing one set of weights (see `capsule_models`).
 
-    input_shape: [H, W, C] of the images; n_class: number of digit capsules.
-    Defaults are the paper's MNIST network: 8,215,568 parameters.
+    input_shape: [H, W, C] of the images; n_class: number of digit capsules; digits: digits
+    per image (2: MultiMNIST, one reconstruction per digit). Defaults are the paper's MNIST
+    network: 8,215,568 parameters; on 36x36 MultiMNIST 11,361,808.
     """
     x = layers.Input(shape=tuple(input_shape))
     conv1 = layers.Conv2D(filters=conv1_filters, kernel_size=conv1_kernel, strides=1,
@@ -49,58 +56,118 @@ def CapsNet(input_shape, n_class, routings=3, conv1_filters=256, conv1_kernel=9,
                              kernel_size=primary_kernel, strides=primary_strides, padding='valid')
     digitcaps = CapsuleLayer(num_capsule=n_class, dim_capsule=digit_dim, routings=routings,
                              name='digitcaps')(primarycaps)
-    return capsule_models(x, digitcaps, input_shape, decoder_units)
+    return capsule_models(x, digitcaps, input_shape, dense_decoder(decoder_units), digits)
 
 
 def EfficientCapsNet(input_shape, n_class, conv_filters=(32, 64, 64, 128),
                      conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 1, 2), primary_kernel=9,
-                     primary_dim=8, digit_dim=16, decoder_units=(512, 1024), bn_momentum=0.99):
+                     primary_strides=1, primary_dim=8, digit_dim=16, decoder_units=(512, 1024),
+                     bn_momentum=0.99, block='relu_bn', decoder=None, digits=1):
     """Efficient-CapsNet (Mazzia et al. 2021): the same three models as `CapsNet`.
 
-    Conv stack (valid padding, ReLU, each followed by BatchNorm) -> depthwise primary
+    Conv stack (valid padding, each conv followed by `block`) -> depthwise primary
     capsules [batch, 16, 8] -> FCCaps self-attention routing [batch, n_class, digit_dim]
-    -> lengths. Defaults: the MNIST network, 161,824 trainable parameters without the decoder.
+    -> lengths. block: 'relu_bn' (ReLU, BatchNorm: MNIST, MultiMNIST) or 'leaky_in'
+    (LeakyReLU, instance normalisation: smallNORB). decoder: a decoder builder (default
+    dense_decoder(decoder_units)). Defaults: the MNIST network, 161,824 trainable parameters
+    without the decoder; EFFICIENT_VARIANTS holds the smallNORB and MultiMNIST networks.
     """
     x = layers.Input(shape=tuple(input_shape))
     h = x
     for i, (f, k, st) in enumerate(zip(conv_filters, conv_kernels, conv_strides)):
-        h = layers.Conv2D(int(f), int(k), strides=int(st), padding='valid', activation='relu',
-                          kernel_initializer='he_normal', name='conv%d' % (i + 1))(h)
-        h = layers.BatchNormalization(momentum=bn_momentum, name='bn%d' % (i + 1))(h)
-    primarycaps = EfficientPrimaryCap(h, dim_capsule=primary_dim, kernel_size=primary_kernel)
+        h = conv_block(h, int(f), int(k), int(st), i + 1, block, bn_momentum)
+    primarycaps = EfficientPrimaryCap(h, dim_capsule=primary_dim, kernel_size=primary_kernel,
+                                      strides=primary_strides)
     digitcaps = FCCaps(n_class, digit_dim, name='digitcaps')(primarycaps)
-    return capsule_models(x, digitcaps, input_shape, decoder_units)
+    return capsule_models(x, digitcaps, input_shape, decoder or dense_decoder(decoder_units),
+                          digits)
 
 
-def capsule_models(x, digitcaps, input_shape, decoder_units):
+def conv_block(h, filters, kernel, strides, index, block, bn_momentum=0.99):
+    """One conv of Efficient-CapsNet's stack ('valid', He normal): [batch, H, W, C] ->
+    [batch, H', W', filters]. 'relu_bn': ReLU then BatchNorm (bn<index>); 'leaky_in': linear
+    conv, LeakyReLU (slope 0.3, Keras' default, as the reference) then instance norm (in<index>)."""
+    leaky = block == 'leaky_in'
+    h = layers.Conv2D(filters, kernel, strides=strides, padding='valid',
+                      activation=None if leaky else 'relu', kernel_initializer='he_normal',
+                      name='conv%d' % index)(h)
+    if leaky:
+        h = layers.LeakyReLU(name='leaky%d' % index)(h)
+        return C.instance_norm(filters, name='in%d' % index)(h)
+    return layers.BatchNormalization(momentum=bn_momentum, name='bn%d' % index)(h)
+
+
+def capsule_models(x, digitcaps, input_shape, decoder, digits=1):
     """The lengths, the decoder (named 'decoder') and the three models on digit capsules.
 
-    x: the image input [batch, H, W, C]; digitcaps: [batch, n_class, digit_dim].
+    x: the image input [batch, H, W, C]; digitcaps: [batch, n_class, digit_dim]; decoder:
+    builder(input_dim, input_shape) -> a model [batch, input_dim] -> [batch, H, W, C];
+    digits: 1, or 2 (MultiMNIST: the decoder runs once per digit).
     Returns (train_model, eval_model, manipulate_model):
       train_model: [image, label [batch, n_class]]
-                   -> [lengths [batch, n_class], reconstruction [batch, H, W, C]]
-      eval_model: image -> [lengths, reconstruction of the longest capsule]
+                   -> [lengths [batch, n_class], reconstruction [batch, H, W, C]];
+                   digits=2: [image, label_1, label_2] (one-hot each)
+                   -> [lengths, reconstruction masked by label_1, the same by label_2]
+      eval_model: image -> [lengths, reconstruction of the longest capsule (digits=2: and of
+                  the second longest)]
       manipulate_model: [image, label, noise [batch, n_class, digit_dim]] -> reconstruction
     """
     n_class, digit_dim = C.int_shape(digitcaps)[1:]
     out_caps = Length(name='capsnet')(digitcaps)
-    y = layers.Input(shape=(n_class,))
-    masked_by_y = Mask(name='mask')([digitcaps, y])   # training: the true label's capsule
-    masked = Mask(name='mask_longest')(digitcaps)      # prediction: the longest capsule
+    decoder = decoder(digit_dim * n_class, tuple(input_shape))
+    labels = [layers.Input(shape=(n_class,)) for _ in range(digits)]
+    # training: each true label's capsule; prediction: the longest (then second longest)
+    by_label = [Mask(name='mask' if i == 0 else 'mask_%d' % (i + 1))([digitcaps, y])
+                for i, y in enumerate(labels)]
+    by_rank = [Mask(rank=i, name='mask_longest' if i == 0 else 'mask_rank_%d' % (i + 1))(digitcaps)
+               for i in range(digits)]
 
-    n_pixels = int(np.prod(input_shape))
-    decoder = C.dense_sequential(list(decoder_units) + [n_pixels],
-                                 ['relu'] * len(decoder_units) + ['sigmoid'],
-                                 input_dim=digit_dim * n_class, name='decoder')
-    decoder.add(layers.Reshape(target_shape=tuple(input_shape), name='out_recon'))
-
-    train_model = models.Model([x, y], [out_caps, decoder(masked_by_y)])
-    eval_model = models.Model(x, [out_caps, decoder(masked)])
+    train_model = models.Model([x] + labels, [out_caps] + _reconstructions(decoder, by_label))
+    eval_model = models.Model(x, [out_caps] + _reconstructions(decoder, by_rank))
     noise = layers.Input(shape=(n_class, digit_dim))
     noised_digitcaps = layers.Add()([digitcaps, noise])
-    masked_noised_y = Mask(name='mask_noised')([noised_digitcaps, y])
-    manipulate_model = models.Model([x, y, noise], decoder(masked_noised_y))
+    masked_noised_y = Mask(name='mask_noised')([noised_digitcaps, labels[0]])
+    manipulate_model = models.Model([x, labels[0], noise], decoder(masked_noised_y))
     return train_model, eval_model, manipulate_model
+
+
+def _reconstructions(decoder, masked):
+    """decoder applied to each masked capsule vector; outputs after the first pass through an
+    identity layer named decoder_<k>, so each output (and its loss column) has its own name."""
+    out = [decoder(m) for m in masked]
+    return out[:1] + [layers.Activation('linear', name='decoder_%d' % (k + 2))(r)
+                      for k, r in enumerate(out[1:])]
+
+
+def dense_decoder(units=(512, 1024)):
+    """The paper's decoder, as a builder for capsule_models: masked capsules [batch, input_dim]
+    -> FC units (ReLU) -> FC H*W*C (sigmoid) -> [batch, H, W, C], a Sequential 'decoder'."""
+    def build(input_dim, input_shape):
+        n_pixels = int(np.prod(input_shape))
+        decoder = C.dense_sequential(list(units) + [n_pixels],
+                                     ['relu'] * len(units) + ['sigmoid'],
+                                     input_dim=input_dim, name='decoder')
+        decoder.add(layers.Reshape(target_shape=tuple(input_shape), name='out_recon'))
+        return decoder
+    return build
+
+
+def smallnorb_decoder(input_dim, input_shape):
+    """Efficient-CapsNet's smallNORB decoder (its generator_graph), a functional 'decoder':
+    [batch, input_dim] -> Dense 64 (linear) -> [8, 8, 1] -> three times (bilinear x2, Conv
+    3x3 'valid', leaky ReLU 0.2 as tf.nn.leaky_relu) with 64, 128, 128 filters: 16 -> 14,
+    28 -> 26, 52 -> 50 -> Conv 2@3x3 sigmoid -> [batch, 48, 48, 2] (input_shape must be that)."""
+    if tuple(input_shape) != (48, 48, 2):
+        raise ValueError('the smallNORB decoder makes 48x48x2 images, the input is %s'
+                         % 'x'.join(str(d) for d in input_shape))
+    z = layers.Input(shape=(int(input_dim),))
+    h = layers.Reshape((8, 8, 1), name='decoder_reshape')(layers.Dense(64, name='decoder_fc')(z))
+    for i, filters in enumerate((64, 128, 128)):
+        h = C.upsampling_bilinear(name='decoder_up%d' % (i + 1))(h)
+        h = layers.Conv2D(filters, 3, padding='valid', name='decoder_conv%d' % (i + 1))(h)
+        h = layers.LeakyReLU(0.2, name='decoder_leaky%d' % (i + 1))(h)
+    out = layers.Conv2D(2, 3, padding='valid', activation='sigmoid', name='decoder_out')(h)
+    return models.Model(z, out, name='decoder')
 
 
 def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192), dropout=0.5):
@@ -158,6 +225,33 @@ def accuracy(y_true, y_pred):
     return C.cast(C.equal(C.argmax(y_true, -1), C.argmax(y_pred, -1)), C.floatx())
 
 
+def two_digit_accuracy(y_true, y_pred):
+    """The paper's MultiMNIST metric: 1 where the two longest capsules are exactly the two
+    digits of the two-hot y_true [batch, n_class], i.e. every true class's score beats every
+    other class's; y_pred: lengths (or probabilities) in [0, 1] -> [batch].
+    NumPy reference: multimnist.two_digit_correct."""
+    # float32: a mixed-precision CNN's probabilities may come in 16 bits
+    y_true, y_pred = C.cast(y_true, 'float32'), C.cast(y_pred, 'float32')
+    # scores lie in [0, 1]: +-2 takes a class out of the other side's min / max
+    shortest_true = C.reduce_min(y_pred + 2. * (1. - y_true), -1)
+    longest_other = C.reduce_max(y_pred - 2. * y_true, -1)
+    return C.cast(shortest_true > longest_other, C.floatx())
+
+
+def _named(fn, name):
+    """fn under another __name__: Keras names a metric's log column after it."""
+    def metric(y_true, y_pred):
+        return fn(y_true, y_pred)
+    metric.__name__ = name
+    return metric
+
+
+def accuracy_metric(digits=1):
+    """The metric logged as `accuracy` (capsnet_accuracy / accuracy in log.csv, so plot and
+    table read every data set alike): one digit per image, or the two-digit metric."""
+    return accuracy if digits == 1 else _named(two_digit_accuracy, 'accuracy')
+
+
 # ---------------------------------------------------------------- the registry
 # kind 'capsule': [image, label] -> [lengths, reconstruction], margin + lam_recon * MSE loss;
 # kind 'classifier': image -> class probabilities, cross-entropy. flags: the model flags of
@@ -179,26 +273,48 @@ MODELS = {
 }
 MODEL_FLAGS = ('routings', 'lam_recon') + ARCH_FLAGS
 
+# Efficient-CapsNet's own networks for its other data sets (EscVM/Efficient-CapsNet,
+# models/efficient_capsnet_graph_{smallnorb,multimnist}.py), as EfficientCapsNet keywords.
+# smallNORB, 48x48x2: 48 -> 21 -> 19 -> 17 -> 8, primary kernel 8 -> 1x1x128 -> 16 capsules.
+# MultiMNIST, 36x36: 36 -> 32 -> 30 -> 14 -> 6, primary kernel 5 stride 2 -> 1x1x128.
+EFFICIENT_VARIANTS = {
+    'smallnorb': dict(conv_kernels=(7, 3, 3, 3), conv_strides=(2, 1, 1, 2), primary_kernel=8,
+                      block='leaky_in', decoder=smallnorb_decoder),
+    'multimnist': dict(conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 2, 2), primary_kernel=5,
+                       primary_strides=2),
+}
+# digits per image of a data set (2: one reconstruction and one mask per digit)
+DATASET_DIGITS = {'multimnist': 2}
 
-def build_models(model, input_shape, n_class, **options):
+
+def build_models(model, input_shape, n_class, dataset='mnist', **options):
     """(train_model, eval_model, manipulate_model or None) of MODELS[model] sized by options
-    (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's)."""
+    (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's), in the form
+    `dataset` needs: Efficient-CapsNet's own network for it, two digits for MultiMNIST."""
     options = {k: v for k, v in options.items() if k != 'lam_recon'}
+    if model == 'efficient':
+        options = dict(EFFICIENT_VARIANTS.get(dataset, {}), **options)
+    if MODELS[model].kind == 'capsule' and DATASET_DIGITS.get(dataset, 1) != 1:
+        options['digits'] = DATASET_DIGITS[dataset]
     try:
         return MODELS[model].builder(tuple(input_shape), int(n_class), **options)
     except ValueError as e:
         raise UserError('cannot build this architecture: %s' % e)
 
 
-def compile_model(model, lr, lam_recon=0.392, spec=None):
-    """Adam(lr) and the loss of spec's kind (default: capsnet's); lam_recon weighs the
-    reconstruction MSE of the capsule models."""
+def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1):
+    """Adam(lr) and the loss of spec's kind (default: capsnet's). Capsule models: margin
+    loss + lam_recon * MSE of the reconstruction; digits=2 (MultiMNIST): each digit's
+    reconstruction MSE weighs lam_recon / 2. The accuracy column: accuracy_metric(digits)."""
     spec = spec or MODELS['capsnet']
+    metric = accuracy_metric(digits)
     if spec.kind == 'classifier':  # no decoder: softmax + cross-entropy
-        model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[accuracy])
+        model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[metric])
         return
-    model.compile(optimizer=C.adam(lr), loss=spec.loss, loss_weights=[1., lam_recon],
-                  metrics={'capsnet': [accuracy]})
+    losses = list(spec.loss) + [spec.loss[-1]] * (digits - 1)
+    model.compile(optimizer=C.adam(lr), loss=losses,
+                  loss_weights=[1.] + [lam_recon / digits] * digits,
+                  metrics={'capsnet': [metric]})
 
 
 # ---------------------------------------------------------------- data
@@ -210,17 +326,80 @@ def mnist(data_dir=None, train_samples=None, test_samples=None):
             (x_test[:test_samples], y_test[:test_samples]), None)
 
 
+MULTIMNIST_TEST_SEED = 2017  # fixed: the MultiMNIST test set is the same on every run
+MULTIMNIST_PAIRS = 1
+
+
+# A test set: x [N, H, W, C]; y [N, n_class] (one- or two-hot); masks: the label arrays the
+# training model's decoder masks take ([y], or MultiMNIST's [y_1, y_2], one-hot each);
+# targets: their reconstruction targets ([x], or MultiMNIST's [digit_1, digit_2] alone).
+Split = collections.namedtuple('Split', 'x y masks targets')
+
+
+def as_split(data):
+    """A loader's test set, (x, y) or a Split, as a Split."""
+    if isinstance(data, Split):
+        return data
+    x, y = data
+    return Split(x, y, [y], [x])
+
+
+def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
+                    multimnist_pairs=MULTIMNIST_PAIRS):
+    """--dataset multimnist (§6): (train, test, None) from the MNIST idx files.
+
+    train: the first train_samples MNIST training digits [N, 28, 28, 1], one-hot [N, 10];
+    training.OverlayBatches overlays them afresh each epoch. test: a Split of the fixed seeded
+    set (multimnist.test_set): each of the first test_samples test digits over
+    multimnist_pairs partners of other classes: x [M, 36, 36, 1], y two-hot [M, 10], masks
+    [y_1, y_2] one-hot, targets [digit_1, digit_2] each shifted digit alone [M, 36, 36, 1].
+    """
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    images, two_hot, first, second, classes = multimnist.test_set(
+        x_test[:test_samples], y_test[:test_samples], multimnist_pairs, MULTIMNIST_TEST_SEED,
+        with_classes=True)
+    masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
+    test = Split(images, two_hot, masks, [first, second])
+    return (x_train[:train_samples], y_train[:train_samples]), test, None
+
+
+def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):
+    """--dataset smallnorb: (train, test, None) from the binary-matrix files in smallnorb_dir
+    (default data/smallnorb/), prepared as Efficient-CapsNet does (smallnorb.py).
+
+    train: [N, 64, 64, 2] float32 (stereo pair as channels, each channel standardised over
+    the split, resized to 64x64), one-hot [N, 5]; training.CropBatches crops 48x48 at random
+    with random brightness and contrast. test: the centre 48x48 crops [M, 48, 48, 2].
+    Each split is cut to its first *_samples pairs before its statistics are taken.
+    data_dir (MNIST) is not used.
+    """
+    (x_train, y_train), (x_test, y_test) = smallnorb.load_smallnorb(smallnorb_dir)
+    x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
+    return ((smallnorb.prepare(x_train), utils.to_categorical(y_train, smallnorb.N_CLASS)),
+            (smallnorb.center_crop(smallnorb.prepare(x_test)),
+             utils.to_categorical(y_test, smallnorb.N_CLASS)), None)
+
+
 # --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
-# -> (train, test, extra evaluation set or None)
-DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist}
-DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache')}
+# -> (train (x, y), test (x, y) or a Split, extra evaluation set or None)
+DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
+            'multimnist': multimnist_data, 'smallnorb': smallnorb_data}
+DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
+                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',)}
+ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
 
 
 def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
     """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
-    every epoch; MNIST shifted up to shift_fraction of its size, or augment='efficient'."""
+    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's random crops; MNIST shifted
+    up to shift_fraction of its size, or augment='efficient'."""
     if dataset == 'affnist':
         return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
+    if dataset == 'multimnist':
+        return training.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
+    if dataset == 'smallnorb':
+        return training.CropBatches(x, y, batch_size, seed=seed, workers=workers)
     return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
                                    augment=utils.efficient_augment if augment == 'efficient' else None,
                                    workers=workers)
@@ -254,11 +433,15 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     scope = C.distribution_scope(multi_gpu, batch_size)
     if seed is not None:
         C.set_seed(seed)
-    (x_train, y_train), (x_test, y_test), extra = DATASETS[dataset](
+    (x_train, y_train), test_split, extra = DATASETS[dataset](
         data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
+    test_split = as_split(test_split)
+    x_test, y_test = test_split.x, test_split.y
+    digits = DATASET_DIGITS.get(dataset, 1)
     with scope as parallel:
+        # the test images give the input shape: training digits / crops may be other sizes
         train_model, eval_model, manipulate_model = build_models(
-            model, x_train.shape[1:], y_train.shape[1], **options)
+            model, x_test.shape[1:], y_test.shape[1], dataset, **options)
         train_model.summary()
         if weights is not None:
             if load_weights_h5(train_model, weights) == 'full-model':
@@ -268,18 +451,21 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
         if testing:
             if weights is None:
                 print('No weights are provided. Will test using random initialized weights.')
-            if manipulate_model is not None:
+            if manipulate_model is not None and digit < y_test.shape[1]:
                 manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
+            elif manipulate_model is not None:
+                print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
+                      '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
         else:
             initial_epoch = training.resume_weights(train_model, save_dir) if resume else 0
             fitted = parallel(train_model)
-            compile_model(fitted, lr, lam_recon, spec)
+            compile_model(fitted, lr, lam_recon, spec, digits)
             batches = training_batches(dataset, x_train, y_train, batch_size,
                                        None if seed is None else seed + initial_epoch, workers,
                                        shift_fraction, augment)
-            validation = ([x_test, y_test], [y_test, x_test])
+            validation = validation_data(spec.kind, test_split)
             if spec.kind == 'classifier':
-                batches, validation = training.ClassifierBatches(batches), (x_test, y_test)
+                batches = training.ClassifierBatches(batches)
             extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping, stop_at_val_acc)
             if debug:
                 extra_callbacks.append(C.tensorboard(os.path.join(save_dir, 'tensorboard-logs'),
@@ -289,8 +475,19 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                            spec.monitor, initial_epoch, train_model, keep_checkpoints,
                            extra_callbacks)
         acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+        if dataset == 'multimnist':
+            print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
+                  % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
         if extra is not None:
             affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+
+
+def validation_data(kind, split):
+    """Keras validation data of a test Split: (x, y) for a classifier, else the training
+    model's ([x] + masks, [y] + reconstruction targets)."""
+    if kind == 'classifier':
+        return split.x, split.y
+    return [split.x] + list(split.masks), [split.y] + list(split.targets)
 
 
 def early_stopping_callbacks(monitor, patience=None, target=None):
@@ -307,41 +504,61 @@ def early_stopping_callbacks(monitor, patience=None, target=None):
 
 # ---------------------------------------------------------------- test / manipulate / report
 def predict(eval_model, kind, x, batch_size):
-    """(class scores [N, n_class], reconstructions [N, H, W, C] or None for a classifier)."""
+    """(class scores [N, n_class], reconstructions: a list of [N, H, W, C], one per digit,
+    or None for a classifier)."""
     outputs = eval_model.predict(x, batch_size=batch_size)
-    return (outputs, None) if kind == 'classifier' else (outputs[0], outputs[1])
+    return (outputs, None) if kind == 'classifier' else (outputs[0], list(outputs[1:]))
 
 
 def accuracy_of(scores, y):
-    """Fraction of rows whose highest score is the one-hot y's class."""
+    """Fraction of rows whose highest score is the one-hot y's class; with two-hot y
+    (MultiMNIST), whose two highest scores are its two classes."""
+    if y.sum(axis=1).max() > 1:
+        return multimnist.two_digit_accuracy(y, scores)
     return float(np.mean(np.argmax(scores, 1) == np.argmax(y, 1)))
 
 
 def test(eval_model, kind, x_test, y_test, batch_size, save_dir):
-    """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png.
-    Returns the accuracy."""
-    y_pred, x_recon = predict(eval_model, kind, x_test, batch_size)
+    """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png
+    (MultiMNIST: multimnist_recon.png). Returns the accuracy."""
+    y_pred, recons = predict(eval_model, kind, x_test, batch_size)
     acc = accuracy_of(y_pred, y_test)
     print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
-    if x_recon is None:  # the CNN: no reconstructions to show
+    if recons is None:  # the CNN: no reconstructions to show
+        return acc
+    if len(recons) == 2:
+        save_multimnist_recon(x_test, recons, save_dir)
         return acc
     n = min(50, len(x_test))
-    grid = utils.combine_images(np.concatenate([x_test[:n], x_recon[:n]]), width=10)
+    shown = [utils.for_display(x_test[:n]), utils.for_display(recons[0][:n])]
+    grid = utils.combine_images(np.concatenate(shown), width=10)
     path = os.path.join(save_dir, 'real_and_recon.png')
     utils.save_image(grid, path)
     print('Reconstructions (real above, reconstructed below) saved to %s' % path)
     return acc
 
 
+def save_multimnist_recon(x, recons, save_dir, n=20):
+    """multimnist_recon.png (paper Fig. 5 style): each of the first n test images in grey, and
+    beside it the reconstructions from its longest (red) and second longest (green) capsules
+    over a dim copy of it; x, recons[k]: [N, 36, 36, 1]."""
+    n = min(n, len(x))
+    tiles = utils.two_colour_tiles(x[:n], recons[0][:n], recons[1][:n])
+    path = os.path.join(save_dir, 'multimnist_recon.png')
+    utils.save_image(utils.combine_images(tiles, width=10), path)
+    print('MultiMNIST reconstructions (input; longest capsule red, second green) saved to %s'
+          % path)
+
+
 def manipulate_latent(model, x_test, y_test, digit, seed, save_dir):
     """Writes manipulate-<digit>.png: one row per capsule dimension, columns adding
     -0.25 .. 0.25 (step 0.05) to that dimension of the digit's capsule (a test image of
     `digit` picked with `seed`)."""
-    candidates = np.where(np.argmax(y_test, 1) == digit)[0]
+    candidates = np.where(y_test[:, digit] == 1)[0]  # MultiMNIST: one of its two digits
     if len(candidates) == 0:
         raise UserError('no test image of digit %d in the test set used' % digit)
     index = candidates[np.random.RandomState(seed).randint(len(candidates))]
-    x, y = x_test[index:index + 1], y_test[index:index + 1]
+    x, y = x_test[index:index + 1], np.eye(y_test.shape[1], dtype='float32')[[digit]]
     n_class, dim = C.int_shape(model.inputs[2])[1:]
     steps = np.linspace(-0.25, 0.25, 11)
     noise = np.zeros((dim * len(steps), n_class, dim), dtype='float32')
@@ -435,7 +652,7 @@ class RecipeParser(OneLineParser):
         namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
         model, dataset = getattr(namespace, 'model', 'capsnet'), getattr(namespace, 'dataset', 'mnist')
         allowed = MODELS[model].flags + DATASET_FLAGS[dataset]
-        for flag in MODEL_FLAGS + DATASET_FLAGS['affnist']:
+        for flag in MODEL_FLAGS + ALL_DATASET_FLAGS:
             if getattr(namespace, flag, None) is not None and flag not in allowed:
                 self.error('--%s does not apply to --model %s --dataset %s'
                            % (flag, model, dataset))
@@ -471,7 +688,9 @@ def build_parser():
     p.add_argument('--model', default='capsnet', choices=sorted(MODELS),
                    help='which network: capsnet (the paper), efficient (Efficient-CapsNet), cnn (baseline)')
     p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS),
-                   help='which data: mnist, or affnist (§5.2: translated MNIST, tested on affNIST)')
+                   help='which data: mnist, affnist (§5.2: translated MNIST, tested on affNIST), '
+                        'multimnist (§6: two overlapping digits on 36x36, generated from MNIST) '
+                        'or smallnorb (the real files in --smallnorb_dir)')
     p.add_argument('--epochs', default=None, type=_bounded(int, 1),
                    help=_recipe_help('training epochs', 'epochs'))
     p.add_argument('--batch_size', default=None, type=_bounded(int, 1),
@@ -534,6 +753,12 @@ def build_parser():
                         'it (and with no files in data/affnist/) a generated affNIST-style set is used')
     p.add_argument('--affnist_cache', default=None,
                    help='folder caching the generated affNIST-style set (default data/affnist/)')
+    p.add_argument('--multimnist_pairs', default=None, type=_bounded(int, 1), metavar='K',
+                   help='--dataset multimnist: overlays per test digit in the fixed test set '
+                        '(default %d: 10,000 test images; the paper used 1,000)' % MULTIMNIST_PAIRS)
+    p.add_argument('--smallnorb_dir', default=None,
+                   help='--dataset smallnorb: folder with the six smallnorb-*-{dat,cat,info}.mat '
+                        'files (raw or .gz; default data/smallnorb/)')
     p.add_argument('--early_stopping', default=None, type=_bounded(int, 0), metavar='PATIENCE',
                    help='stop when validation accuracy has not improved for PATIENCE epochs')
     p.add_argument('--stop_at_val_acc', default=None, type=_bounded(float, 0, 1, low_open=True),
@@ -557,12 +782,12 @@ def main(argv=None):
     UserError or OSError is one `error:` line and exit code 2."""
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None or k not in
-               MODEL_FLAGS + DATASET_FLAGS['affnist']}
+               MODEL_FLAGS + ALL_DATASET_FLAGS}
     reproduce = options.pop('reproduce')
     try:
         C.configure_threads()
         (reproduce_table1 if reproduce == 'table1' else run)(**options)
-    except UserError as e:
+    except (UserError, DataError) as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, ... while writing outputs

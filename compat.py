@@ -47,6 +47,7 @@ if KERAS3:
     sqrt, square, exp, relu = _ops.sqrt, _ops.square, _ops.exp, _ops.relu
     reshape, expand_dims, zeros_like, cast = _ops.reshape, _ops.expand_dims, _ops.zeros_like, _ops.cast
     argmax, equal, one_hot = _ops.argmax, _ops.equal, _ops.one_hot
+    reduce_max, reduce_min = _ops.max, _ops.min
 
     def transpose(x, perm):
         return _ops.transpose(x, perm)
@@ -63,6 +64,7 @@ else:
     sqrt, square, exp, relu = _K.sqrt, _K.square, _K.exp, _K.relu
     reshape, expand_dims, zeros_like, cast = _K.reshape, _K.expand_dims, _K.zeros_like, _K.cast
     argmax, equal, one_hot = _K.argmax, _K.equal, _K.one_hot
+    reduce_max, reduce_min = _K.max, _K.min
     transpose, softmax = _K.permute_dimensions, _K.softmax
 
     floatx = _K.floatx
@@ -176,6 +178,83 @@ def dense_sequential(units, activations, input_dim, name):
             extra = {'input_dim': int(input_dim)} if i == 0 else {}
             stack.add(layers.Dense(int(n), activation=act, **extra))
     return stack
+
+
+def instance_norm(channels, name, epsilon=1e-3, initializer='random_uniform'):
+    """Instance normalisation with a learned per-channel scale (gamma) and offset (beta):
+    [batch, H, W, C] -> same, (x - mean) / sqrt(var + epsilon) * gamma + beta with mean and
+    var over H, W of each image and channel (tensorflow_addons' InstanceNormalization, which
+    Efficient-CapsNet uses; epsilon 1e-3 as there). Keras 3: GroupNormalization with one group
+    per channel; keras 2.2.4 has none: InstanceNormalization below, same weights (gamma, beta).
+    channels: C of the input; initializer: of gamma and beta ('random_uniform', +-0.05, as
+    Efficient-CapsNet sets both)."""
+    if KERAS3:
+        return layers.GroupNormalization(groups=int(channels), epsilon=epsilon, name=name,
+                                         gamma_initializer=initializer,
+                                         beta_initializer=initializer)
+    return InstanceNormalization(epsilon=epsilon, initializer=initializer, name=name)
+
+
+if not KERAS3:
+    class InstanceNormalization(layers.Layer):
+        """keras 2.2.4's instance normalisation (see instance_norm): [batch, H, W, C] -> same."""
+
+        def __init__(self, epsilon=1e-3, initializer='random_uniform', **kwargs):
+            super(InstanceNormalization, self).__init__(**kwargs)
+            self.epsilon, self.initializer = float(epsilon), initializer
+
+        def build(self, input_shape):
+            shape = (int(input_shape[-1]),)
+            self.gamma = self.add_weight(name='gamma', shape=shape, initializer=self.initializer)
+            self.beta = self.add_weight(name='beta', shape=shape, initializer=self.initializer)
+            super(InstanceNormalization, self).build(input_shape)
+
+        def call(self, inputs, **kwargs):
+            mean = _K.mean(inputs, axis=(1, 2), keepdims=True)
+            var = _K.mean(_K.square(inputs - mean), axis=(1, 2), keepdims=True)
+            return (inputs - mean) / _K.sqrt(var + self.epsilon) * self.gamma + self.beta
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = {'epsilon': self.epsilon, 'initializer': self.initializer}
+            return dict(list(super(InstanceNormalization, self).get_config().items())
+                        + list(config.items()))
+
+
+def upsampling_bilinear(name, size=2):
+    """Bilinear upsampling by `size` with half-pixel centres ([batch, H, W, C] -> [batch,
+    size*H, size*W, C]), as tf.image.resize in TF 2 and Keras 3's UpSampling2D. keras 2.2.4's
+    UpSampling2D calls TF 1's resize_bilinear without half-pixel centres (other numbers from
+    the same weights), hence its own layer here."""
+    if KERAS3:
+        return layers.UpSampling2D(size=size, interpolation='bilinear', name=name)
+    return _BilinearUpSampling(size, name=name)
+
+
+if not KERAS3:
+    class _BilinearUpSampling(layers.Layer):
+        """keras 2.2.4: tf.image.resize_bilinear with half_pixel_centers (TF >= 1.14)."""
+
+        def __init__(self, size=2, **kwargs):
+            super(_BilinearUpSampling, self).__init__(**kwargs)
+            self.size = int(size)
+
+        def call(self, inputs, **kwargs):
+            import tensorflow as tf
+            v1 = tf.compat.v1 if hasattr(tf, 'compat') else tf
+            h, w = _K.int_shape(inputs)[1:3]
+            return v1.image.resize_bilinear(inputs, (h * self.size, w * self.size),
+                                            half_pixel_centers=True)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], input_shape[1] * self.size, input_shape[2] * self.size,
+                    input_shape[3])
+
+        def get_config(self):
+            return dict(list(super(_BilinearUpSampling, self).get_config().items())
+                        + [('size', self.size)])
 
 
 def loader_kwargs(workers):

@@ -15,6 +15,8 @@ import numpy as np
 
 import affnist_loader
 import compat as C
+import multimnist
+import smallnorb
 import utils
 from compat import callbacks
 from h5weights import save_weights_h5, load_weights_h5
@@ -94,8 +96,44 @@ class TranslatedBatches(ShiftedBatches):
         return affnist_loader.translated_mnist(digits, x.shape[1], rng)
 
 
+class OverlayBatches(ShiftedBatches):
+    """MultiMNIST training batches ([images, y_1, y_2], [two_hot, digit_1, digit_2]) of
+    multimnist.overlay_batch: x [N, 28, 28, 1] are the training digits, each the first digit
+    of one pair per epoch, over a partner of another class; pairs and shifts are fresh every
+    epoch and a pure function of (seed, epoch, index). images, digit_k: [B, 36, 36, 1]; y_k:
+    one-hot [B, 10] of digit k (the decoder's masks); two_hot [B, 10] (the margin loss)."""
+
+    def __init__(self, x, y, batch_size, seed=None, workers=1):
+        super(OverlayBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                             workers=workers)
+        self.labels = multimnist.int_labels(y)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        images, two_hot, first, second, classes = multimnist.overlay_batch(
+            self.x, self.labels, idx, self.seed, self.epoch, index, with_classes=True)
+        y_1, y_2 = (utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1))
+        return C.pack_batch([images, y_1, y_2], [two_hot, first, second])
+
+
+class CropBatches(ShiftedBatches):
+    """smallNORB training batches ([patches, y], [y, patches]) of smallnorb.train_batch: x
+    [N, 64, 64, 2] prepared pairs -> random 48x48 crops with random brightness and contrast
+    [B, 48, 48, 2], a pure function of (seed, epoch, index); y one-hot [N, 5]."""
+
+    def __init__(self, x, y, batch_size, seed=None, workers=1):
+        super(CropBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                          workers=workers)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        patches, y = smallnorb.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
+        return C.pack_batch([patches, y], [y, patches])
+
+
 class ClassifierBatches(C.Sequence):
-    """Wraps CapsNet batches ([x, y], [y, x]) as (x, y) for a plain classifier (--model cnn)."""
+    """Wraps CapsNet batches ([x, y, ...], [y, x, ...]) as (x, y) for a plain classifier
+    (--model cnn); y: the labels the margin loss takes (MultiMNIST: two-hot)."""
 
     def __init__(self, batches):
         super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
@@ -106,8 +144,8 @@ class ClassifierBatches(C.Sequence):
         return len(self.batches)
 
     def __getitem__(self, index):
-        (x, y), _ = self.batches[index]
-        return x, y
+        inputs, targets = self.batches[index]
+        return inputs[0], targets[0]
 
     def set_epoch(self, epoch):
         self.batches.set_epoch(epoch)

@@ -160,9 +160,10 @@ def random_shift(images, max_shift, rng):
 
 # ---------------------------------------------------------------- plots
 def combine_images(generated_images, height=None, width=None):
-    """Tiles images [N, H, W] or [N, H, W, 1] into one [rows*H, cols*W] array."""
+    """Tiles images [N, H, W] or [N, H, W, C] into one [rows*H, cols*W] array (the first
+    channel) or, for RGB images [N, H, W, 3], one [rows*H, cols*W, 3] array."""
     images = np.asarray(generated_images)
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[3] != 3:
         images = images[..., 0]
     num = images.shape[0]
     if width is None and height is None:
@@ -173,15 +174,37 @@ def combine_images(generated_images, height=None, width=None):
     elif height is None:
         height = int(np.ceil(float(num) / width))
     h, w = images.shape[1:3]
-    grid = np.zeros((height * h, width * w), dtype=images.dtype)
+    grid = np.zeros((height * h, width * w) + images.shape[3:], dtype=images.dtype)
     for index, img in enumerate(images):
         i, j = divmod(index, width)
         grid[i * h:(i + 1) * h, j * w:(j + 1) * w] = img
     return grid
 
 
+def for_display(images):
+    """images [N, ...] as they are when within [0, 1], else each scaled to [0, 1] by its own
+    min and max (standardised smallNORB inputs)."""
+    images = np.asarray(images, dtype='float32')
+    if images.size == 0 or (images.min() >= 0 and images.max() <= 1):
+        return images
+    axes = tuple(range(1, images.ndim))
+    low, high = images.min(axis=axes, keepdims=True), images.max(axis=axes, keepdims=True)
+    return (images - low) / np.maximum(high - low, 1e-12)
+
+
+def two_colour_tiles(images, first, second, dim=0.3):
+    """Paper Fig. 5 style pairs: [N, H, W, 1] images and their two reconstructions -> RGB
+    tiles [2N, H, W, 3]: each image in grey, then its reconstructions over it dimmed to `dim`,
+    the first in red and the second in green (where they overlap: yellow)."""
+    grey = np.repeat(np.clip(images, 0, 1), 3, axis=-1)
+    colour = dim * grey
+    colour[..., 0] = np.maximum(colour[..., 0], np.clip(first[..., 0], 0, 1))
+    colour[..., 1] = np.maximum(colour[..., 1], np.clip(second[..., 0], 0, 1))
+    return np.stack([grey, colour], axis=1).reshape((-1,) + grey.shape[1:])
+
+
 def save_image(array, path):
-    """Saves a 2-D array in [0, 1] as a grayscale PNG."""
+    """Saves a 2-D array in [0, 1] as a grayscale PNG (an RGB array [H, W, 3] in colour)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
