@@ -2,6 +2,8 @@
 
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
     python viewer.py -w result/trained_model.h5 --out viewer.png   # the same, headless
+
+In a notebook, WidgetPanel(viewer) puts ipywidgets controls on it (notebooks/perturbation.ipynb).
 """
 import sys
 
@@ -113,6 +115,74 @@ class PerturbationViewer(object):
         finally:
             self._muted = False
         self.update()
+
+
+class WidgetPanel(object):
+    """ipywidgets controls for a PerturbationViewer, for notebooks (Colab, Jupyter) where
+    matplotlib's own widgets do not respond: one FloatSlider per capsule dimension, an image
+    chooser and a Reset button, all driving the viewer's own sliders and methods; the figure is
+    redrawn as a PNG below them. `display(panel.widget)` shows it; needs ipywidgets.
+    """
+
+    def __init__(self, viewer):
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+        self.viewer = viewer
+        self._muted = False
+        plt.close(viewer.figure)  # shown below the controls only, not again by %matplotlib inline
+        first = viewer.sliders[0]
+        self.dims = [W.FloatSlider(value=0., min=first.valmin, max=first.valmax,
+                                   step=first.valstep, description='dim %d' % d,
+                                   continuous_update=False, readout_format='.2f')
+                     for d in range(viewer.dim)]
+        for d, slider in enumerate(self.dims):
+            slider.observe(lambda change, d=d: self._moved(d, change['new']), names='value')
+        self.image = W.IntSlider(value=viewer.index, min=0, max=len(viewer.images) - 1,
+                                 description='image', continuous_update=False)
+        self.image.observe(lambda change: self._chosen(change['new']), names='value')
+        self.reset_button = W.Button(description='Reset')
+        self.reset_button.on_click(lambda _button: self.reset())
+        self.output = W.Output()
+        half = (len(self.dims) + 1) // 2
+        self.widget = W.VBox([W.HBox([self.image, self.reset_button]),
+                              W.HBox([W.VBox(self.dims[:half]), W.VBox(self.dims[half:])]),
+                              self.output])
+        self.redraw()
+
+    def redraw(self):
+        """The viewer's figure, as it is now, into the output area."""
+        import io
+        from IPython.display import Image, display
+        buffer = io.BytesIO()
+        self.viewer.figure.savefig(buffer, format='png')
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(Image(data=buffer.getvalue()))
+
+    def _moved(self, d, value):
+        if self._muted:
+            return
+        self.viewer.sliders[d].set_val(value)  # the viewer recomputes the reconstruction
+        self.redraw()
+
+    def _chosen(self, index):
+        self.viewer.select(int(index))
+        self._zero_dims()
+        self.redraw()
+
+    def _zero_dims(self):
+        self._muted = True  # one redraw, not one per slider
+        try:
+            for slider in self.dims:
+                slider.value = 0.
+        finally:
+            self._muted = False
+
+    def reset(self):
+        """All dimensions back to 0 (the viewer's Reset), then one redraw."""
+        self._zero_dims()
+        self.viewer.reset()
+        self.redraw()
 
 
 def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=100,

@@ -1,0 +1,64 @@
+"""The notebooks in notebooks/: each runs top to bottom headlessly (nbclient, small settings:
+CAPSNET_NOTEBOOK_SMALL=1) without a failing cell, in under a minute; their outputs are cleared
+in git. Needs requirements-notebooks.txt: skipped without it, unless CAPSNET_REQUIRE_NOTEBOOKS=1
+(.ci/run sets it on the Keras 3 + TensorFlow stack, where it installs them)."""
+import json
+import os
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.notebooks
+
+NOTEBOOKS = ('quickstart.ipynb', 'train.ipynb', 'perturbation.ipynb')
+FOLDER = os.path.join(ROOT, 'notebooks')
+LIMIT_S = 60  # per notebook, kernel start included
+
+
+def needs(module):
+    """The module, or a skip (a failure when CAPSNET_REQUIRE_NOTEBOOKS=1)."""
+    if os.environ.get('CAPSNET_REQUIRE_NOTEBOOKS') == '1':
+        return __import__(module)
+    return pytest.importorskip(module, reason='pip install -r requirements-notebooks.txt')
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_outputs_cleared_in_git(name):
+    """What is committed has no outputs or execution counts (plain JSON, no Jupyter needed)."""
+    with open(os.path.join(FOLDER, name)) as f:
+        notebook = json.load(f)
+    assert notebook['cells']
+    for cell in notebook['cells']:
+        if cell['cell_type'] == 'code':
+            assert cell.get('outputs') == [] and cell.get('execution_count') is None, \
+                '%s has outputs: clear them before committing' % name
+
+
+@pytest.fixture(scope='module')
+def notebook_out(tmp_path_factory):
+    # one folder for the three: perturbation.ipynb reuses the checkpoints quickstart.ipynb made
+    return str(tmp_path_factory.mktemp('notebooks'))
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_runs(name, notebook_out, monkeypatch):
+    nbformat = needs('nbformat')
+    nbclient = needs('nbclient')
+    needs('ipykernel')
+    # the kernel inherits this process' environment: small settings, outputs in tmp
+    monkeypatch.setenv('CAPSNET_NOTEBOOK_SMALL', '1')
+    monkeypatch.setenv('CAPSNET_NOTEBOOK_OUT', notebook_out)
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    notebook = nbformat.read(os.path.join(FOLDER, name), as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=LIMIT_S, kernel_name='python3',
+                                     resources={'metadata': {'path': FOLDER}})
+    start = time.time()
+    client.execute()  # a failing cell raises CellExecutionError, naming the cell
+    elapsed = time.time() - start
+    print('%s: %.1f s' % (name, elapsed))
+    assert elapsed < LIMIT_S, '%s took %.0f s' % (name, elapsed)
+    errors = [o for cell in notebook.cells for o in cell.get('outputs', [])
+              if o.get('output_type') == 'error']
+    assert not errors
