@@ -5,6 +5,7 @@
 
 In a notebook, WidgetPanel(viewer) puts ipywidgets controls on it (notebooks/perturbation.ipynb).
 """
+import contextlib
 import sys
 
 import numpy as np
@@ -43,21 +44,34 @@ class PerturbationViewer(object):
         self.ax_recon = self.figure.add_axes([0.35, 0.55, 0.28, 0.4])
         self.ax_bars = self.figure.add_axes([0.70, 0.58, 0.27, 0.35])
         self.sliders = []
-        for d in range(self.dim):
-            column, row = divmod(d, (self.dim + 1) // 2)
-            ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
-            slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
-                            valstep=step)
-            slider.on_changed(self.update)
-            self.sliders.append(slider)
-        ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
-        self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
-                                   valinit=int(index), valstep=1, valfmt='%d')
+        with self.deferred_draws():  # each new Slider draws the figure otherwise (Agg)
+            for d in range(self.dim):
+                column, row = divmod(d, (self.dim + 1) // 2)
+                ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
+                slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
+                                valstep=step)
+                slider.on_changed(self.update)
+                self.sliders.append(slider)
+            ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
+            self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
+                                       valinit=int(index), valstep=1, valfmt='%d')
         self.index_slider.on_changed(lambda value: self.select(int(value)))
         self.reset_button = Button(self.figure.add_axes([0.78, 0.03, 0.12, 0.05]), 'Reset')
         self.reset_button.on_clicked(self.reset)
         self.input_image = self.recon_image = self.bars = None
         self.select(int(index))
+
+    @contextlib.contextmanager
+    def deferred_draws(self):
+        """No figure draws inside: on a non-interactive canvas (Agg: tests, --out, notebooks)
+        draw_idle draws the whole figure at once (~0.3 s), so setting 16 sliders would draw it
+        16 times. The next draw_idle or savefig after the block draws it once."""
+        canvas = self.figure.canvas
+        canvas.draw_idle = lambda *args, **kwargs: None  # shadows the method on this canvas
+        try:
+            yield
+        finally:
+            del canvas.draw_idle
 
     def _show(self, ax, image, current):
         image = image[..., 0] if image.shape[-1] == 1 else image
@@ -110,8 +124,9 @@ class PerturbationViewer(object):
         """All dimension sliders back to 0, then one redraw."""
         self._muted = True
         try:
-            for slider in self.sliders:
-                slider.reset()
+            with self.deferred_draws():
+                for slider in self.sliders:
+                    slider.reset()
         finally:
             self._muted = False
         self.update()
@@ -162,7 +177,8 @@ class WidgetPanel(object):
     def _moved(self, d, value):
         if self._muted:
             return
-        self.viewer.sliders[d].set_val(value)  # the viewer recomputes the reconstruction
+        with self.viewer.deferred_draws():  # redraw() below draws it once
+            self.viewer.sliders[d].set_val(value)  # the viewer recomputes the reconstruction
         self.redraw()
 
     def _chosen(self, index):

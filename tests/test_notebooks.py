@@ -62,3 +62,35 @@ def test_notebook_runs(name, notebook_out, monkeypatch):
     errors = [o for cell in notebook.cells for o in cell.get('outputs', [])
               if o.get('output_type') == 'error']
     assert not errors
+
+
+def test_widget_panel_drives_the_viewer():
+    """viewer.WidgetPanel (the perturbation notebook's controls) moves the viewer's own
+    sliders, chooses images and resets, on a tiny CapsNet."""
+    needs('ipywidgets')
+    import numpy as np
+    import capsulenet
+    import compat as C
+    import viewer as V
+    C.clear_session()
+    _, eval_model, manipulate_model = capsulenet.CapsNet(
+        (28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2, primary_dim=4,
+        decoder_units=(16, 32))
+    images = np.random.RandomState(0).rand(3, 28, 28, 1).astype('float32')
+    panel = V.WidgetPanel(V.PerturbationViewer(eval_model, manipulate_model, images))
+    view = panel.viewer
+    redraw, redraws = panel.redraw, []
+    panel.redraw = lambda: (redraws.append(1), redraw())
+    assert len(panel.dims) == 16 and panel.dims[0].max == view.sliders[0].valmax
+    before = np.array(view.recon_image.get_array())
+    panel.dims[3].value = 0.25
+    assert view.sliders[3].val == pytest.approx(0.25)  # the viewer's slider, snapped to its steps
+    assert view.noise()[0, view.label, 3] == pytest.approx(0.25)
+    assert np.abs(np.array(view.recon_image.get_array()) - before).max() > 1e-6
+    panel.image.value = 2
+    assert view.index == 2 and all(s.value == 0 for s in panel.dims)
+    panel.dims[0].value = -0.1
+    panel.reset()
+    assert all(s.value == 0 for s in panel.dims)
+    assert all(abs(s.val) < 1e-9 for s in view.sliders)
+    assert len(redraws) == 4  # one per action: zeroing the 16 sliders is muted
