@@ -108,9 +108,11 @@ def start_cli(*args, output='train.out'):
     path = os.path.join(save_dir, output)
     print('$ python capsulenet.py %s > %s' % (' '.join(shlex.quote(a) for a in argv), path))
     with open(path, 'a') as out:  # appended: a resumed run keeps the earlier output above it
-        return subprocess.Popen([sys.executable, os.path.join(REPO, 'capsulenet.py')] + argv,
-                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        process = subprocess.Popen([sys.executable, os.path.join(REPO, 'capsulenet.py')] + argv,
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    process.command_line = 'python capsulenet.py %s' % ' '.join(shlex.quote(a) for a in argv)
+    return process
 
 
 def _tail(path, lines):
@@ -145,6 +147,7 @@ def watch(process, save_dir, every=None, lines=8, output='train.out'):
                     except utils.UserError:  # header only so far
                         pass
                 clear_output(wait=True)
+                print('$ %s' % getattr(process, 'command_line', ''))
                 if plotted is not None:
                     show(png, width=500)
                 print(_tail(os.path.join(save_dir, output), lines))

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.notebooks
 
 NOTEBOOKS = ('quickstart.ipynb', 'train.ipynb', 'perturbation.ipynb')
 FOLDER = os.path.join(ROOT, 'notebooks')
-LIMIT_S = 60  # per notebook, kernel start included
+# Wall time per notebook, kernel start included. The goal is under a minute on an idle 2-core
+# CPU (the CPU time printed is the kernel's, near the idle wall time with CAPSNET_THREADS=1);
+# the assertion leaves room for a CI machine shared with other jobs and catches a hang.
+LIMIT_S = 150
 
 
 def needs(module):
@@ -36,6 +39,13 @@ def test_outputs_cleared_in_git(name):
                 '%s has outputs: clear them before committing' % name
 
 
+def _children_cpu():
+    """User + system CPU seconds of this process' finished children (the kernels)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.fixture(scope='module')
 def notebook_out(tmp_path_factory):
     # one folder for the three: perturbation.ipynb reuses the checkpoints quickstart.ipynb made
@@ -54,10 +64,11 @@ def test_notebook_runs(name, notebook_out, monkeypatch):
     notebook = nbformat.read(os.path.join(FOLDER, name), as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=LIMIT_S, kernel_name='python3',
                                      resources={'metadata': {'path': FOLDER}})
-    start = time.time()
+    start, cpu = time.time(), _children_cpu()
     client.execute()  # a failing cell raises CellExecutionError, naming the cell
     elapsed = time.time() - start
-    print('%s: %.1f s' % (name, elapsed))
+    print('%s: %.1f s wall, %.1f s CPU (kernel, load average %.1f)'
+          % (name, elapsed, _children_cpu() - cpu, os.getloadavg()[0]))
     assert elapsed < LIMIT_S, '%s took %.0f s' % (name, elapsed)
     errors = [o for cell in notebook.cells for o in cell.get('outputs', [])
               if o.get('output_type') == 'error']
