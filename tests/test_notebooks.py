@@ -105,3 +105,28 @@ def test_widget_panel_drives_the_viewer():
     assert all(s.value == 0 for s in panel.dims)
     assert all(abs(s.val) < 1e-9 for s in view.sliders)
     assert len(redraws) == 4  # one per action: zeroing the 16 sliders is muted
+
+
+def test_install_missing_keeps_an_installed_tensorflow(tmp_path, monkeypatch):
+    """The set-up cell on a runtime with TensorFlow but without idx2numpy (fresh Colab):
+    pip gets requirements.txt without its tensorflow lines (Colab's GPU build stays)."""
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+    monkeypatch.setenv('CAPSNET_NOTEBOOK_OUT', str(tmp_path))
+    monkeypatch.syspath_prepend(FOLDER)
+    nbsetup = importlib.import_module('nbsetup')
+    monkeypatch.setattr(nbsetup, 'OUT', str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: (
+        None if name == 'idx2numpy' else object() if name == 'tensorflow' else real_find_spec(name, *a)))
+    calls = []
+    monkeypatch.setattr(subprocess, 'check_call', lambda argv: calls.append(argv))
+    nbsetup.install_missing()
+    (argv,) = calls
+    assert argv[:4] == [sys.executable, '-m', 'pip', 'install'] and argv[-2] == '-r'
+    with open(argv[-1]) as f:
+        kept = [l.split(';')[0].strip() for l in f if l.strip() and not l.startswith('#')]
+    assert 'idx2numpy>=1.2.3' in kept and any(l.startswith('keras') for l in kept)
+    assert not any(l.startswith('tensorflow') for l in kept)
