@@ -2,7 +2,10 @@
 
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
     python viewer.py -w result/trained_model.h5 --out viewer.png   # the same, headless
+
+In a notebook, WidgetPanel(viewer) puts ipywidgets controls on it (notebooks/perturbation.ipynb).
 """
+import contextlib
 import sys
 
 import numpy as np
@@ -41,21 +44,34 @@ class PerturbationViewer(object):
         self.ax_recon = self.figure.add_axes([0.35, 0.55, 0.28, 0.4])
         self.ax_bars = self.figure.add_axes([0.70, 0.58, 0.27, 0.35])
         self.sliders = []
-        for d in range(self.dim):
-            column, row = divmod(d, (self.dim + 1) // 2)
-            ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
-            slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
-                            valstep=step)
-            slider.on_changed(self.update)
-            self.sliders.append(slider)
-        ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
-        self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
-                                   valinit=int(index), valstep=1, valfmt='%d')
+        with self.deferred_draws():  # each new Slider draws the figure otherwise (Agg)
+            for d in range(self.dim):
+                column, row = divmod(d, (self.dim + 1) // 2)
+                ax = self.figure.add_axes([0.08 + 0.48 * column, 0.46 - 0.045 * row, 0.35, 0.03])
+                slider = Slider(ax, 'dim %d' % d, -value_range, value_range, valinit=0.,
+                                valstep=step)
+                slider.on_changed(self.update)
+                self.sliders.append(slider)
+            ax_index = self.figure.add_axes([0.08, 0.04, 0.55, 0.03])
+            self.index_slider = Slider(ax_index, 'image', 0, len(self.images) - 1,
+                                       valinit=int(index), valstep=1, valfmt='%d')
         self.index_slider.on_changed(lambda value: self.select(int(value)))
         self.reset_button = Button(self.figure.add_axes([0.78, 0.03, 0.12, 0.05]), 'Reset')
         self.reset_button.on_clicked(self.reset)
         self.input_image = self.recon_image = self.bars = None
         self.select(int(index))
+
+    @contextlib.contextmanager
+    def deferred_draws(self):
+        """No figure draws inside: on a non-interactive canvas (Agg: tests, --out, notebooks)
+        draw_idle draws the whole figure at once (~0.3 s), so setting 16 sliders would draw it
+        16 times. The next draw_idle or savefig after the block draws it once."""
+        canvas = self.figure.canvas
+        canvas.draw_idle = lambda *args, **kwargs: None  # shadows the method on this canvas
+        try:
+            yield
+        finally:
+            del canvas.draw_idle
 
     def _show(self, ax, image, current):
         image = image[..., 0] if image.shape[-1] == 1 else image
@@ -108,11 +124,81 @@ class PerturbationViewer(object):
         """All dimension sliders back to 0, then one redraw."""
         self._muted = True
         try:
-            for slider in self.sliders:
-                slider.reset()
+            with self.deferred_draws():
+                for slider in self.sliders:
+                    slider.reset()
         finally:
             self._muted = False
         self.update()
+
+
+class WidgetPanel(object):
+    """ipywidgets controls for a PerturbationViewer, for notebooks (Colab, Jupyter) where
+    matplotlib's own widgets do not respond: one FloatSlider per capsule dimension, an image
+    chooser and a Reset button, all driving the viewer's own sliders and methods; the figure is
+    redrawn as a PNG below them. `display(panel.widget)` shows it; needs ipywidgets.
+    """
+
+    def __init__(self, viewer):
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+        self.viewer = viewer
+        self._muted = False
+        plt.close(viewer.figure)  # shown below the controls only, not again by %matplotlib inline
+        first = viewer.sliders[0]
+        self.dims = [W.FloatSlider(value=0., min=first.valmin, max=first.valmax,
+                                   step=first.valstep, description='dim %d' % d,
+                                   continuous_update=False, readout_format='.2f')
+                     for d in range(viewer.dim)]
+        for d, slider in enumerate(self.dims):
+            slider.observe(lambda change, d=d: self._moved(d, change['new']), names='value')
+        self.image = W.IntSlider(value=viewer.index, min=0, max=len(viewer.images) - 1,
+                                 description='image', continuous_update=False)
+        self.image.observe(lambda change: self._chosen(change['new']), names='value')
+        self.reset_button = W.Button(description='Reset')
+        self.reset_button.on_click(lambda _button: self.reset())
+        self.output = W.Output()
+        half = (len(self.dims) + 1) // 2
+        self.widget = W.VBox([W.HBox([self.image, self.reset_button]),
+                              W.HBox([W.VBox(self.dims[:half]), W.VBox(self.dims[half:])]),
+                              self.output])
+        self.redraw()
+
+    def redraw(self):
+        """The viewer's figure, as it is now, into the output area."""
+        import io
+        from IPython.display import Image, display
+        buffer = io.BytesIO()
+        self.viewer.figure.savefig(buffer, format='png')
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(Image(data=buffer.getvalue()))
+
+    def _moved(self, d, value):
+        if self._muted:
+            return
+        with self.viewer.deferred_draws():  # redraw() below draws it once
+            self.viewer.sliders[d].set_val(value)  # the viewer recomputes the reconstruction
+        self.redraw()
+
+    def _chosen(self, index):
+        self.viewer.select(int(index))
+        self._zero_dims()
+        self.redraw()
+
+    def _zero_dims(self):
+        self._muted = True  # one redraw, not one per slider
+        try:
+            for slider in self.dims:
+                slider.value = 0.
+        finally:
+            self._muted = False
+
+    def reset(self):
+        """All dimensions back to 0 (the viewer's Reset), then one redraw."""
+        self._zero_dims()
+        self.viewer.reset()
+        self.redraw()
 
 
 def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=100,
