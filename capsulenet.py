@@ -30,7 +30,7 @@ import utils
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 from compat import layers, models, callbacks
 from h5weights import load_weights_h5
-from safeio import UserError, atomic_write
+from safeio import UserError, atomic_write, remove_stale_temps
 
 
 # ---------------------------------------------------------------- models
@@ -234,22 +234,26 @@ def prepare_save_dir(path):
         raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
     if not os.access(path, os.W_OK):
         raise UserError('--save_dir %s is not writable' % path)
+    for name in remove_stale_temps(path):
+        print('note: removed %s, left by a process that died while writing it' % name)
 
 
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
-        resume=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
+        resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
         lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
         mixed_precision='off', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
         data_dir=None, train_samples=None, test_samples=None, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir)."""
-    if resume and (testing or weights is not None):
+    if resume and (testing or weights is not None or overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
-                        'with -t or -w')
+                        'with -t, -w or --overwrite')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in DATASET_FLAGS[dataset] if k in options}
     prepare_save_dir(save_dir)
+    if not (testing or resume):  # before the data are loaded: fail fast
+        training.refuse_earlier_run(save_dir, overwrite)
     C.set_precision(mixed_precision)  # before any model is built
     scope = C.distribution_scope(multi_gpu, batch_size)
     if seed is not None:
@@ -271,7 +275,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
             if manipulate_model is not None:
                 manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
         else:
-            initial_epoch = training.resume_weights(train_model, save_dir) if resume else 0
+            initial_epoch = training.resume_weights(train_model, save_dir, epochs) if resume else 0
             fitted = parallel(train_model)
             compile_model(fitted, lr, lam_recon, spec)
             batches = training_batches(dataset, x_train, y_train, batch_size,
@@ -284,6 +288,8 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
             if debug:
                 extra_callbacks.append(C.tensorboard(os.path.join(save_dir, 'tensorboard-logs'),
                                                      batch_size))
+            if not resume:
+                training.remove_earlier_run(save_dir)  # none is there without --overwrite
             training.train(fitted, batches, validation, save_dir, epochs,
                            lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                            spec.monitor, initial_epoch, train_model, keep_checkpoints,
@@ -382,7 +388,7 @@ def _finished(config_dir, epochs):
     log = os.path.join(config_dir, 'log.csv')
     if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
         return False
-    with open(log) as f:
+    with open(log, errors='replace') as f:  # a damaged log: --resume says what is wrong
         return sum(1 for _ in f) - 1 >= epochs
 
 
@@ -408,7 +414,8 @@ def reproduce_table1(save_dir='./result', epochs=50, weights=None, **options):
             C.clear_session()
             run(**dict(options, routings=routings, lam_recon=lam_recon, save_dir=config_dir,
                        epochs=epochs, weights=weights,
-                       resume=weights is None))  # picks up mid-configuration after a crash
+                       resume=weights is None,  # picks up mid-configuration after a crash
+                       overwrite=weights is not None and options.get('overwrite', False)))
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
         shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
     table = utils.results_table(logs)
@@ -524,6 +531,10 @@ def build_parser():
     p.add_argument('--resume', action='store_true',
                    help='continue training from the newest weights-XX.h5 in --save_dir '
                         '(epoch, LR schedule and optimizer state), appending to log.csv')
+    p.add_argument('--overwrite', action='store_true',
+                   help='train afresh in a --save_dir that holds an earlier run (log.csv, '
+                        'weights-XX.h5, trained_model.h5): its files are removed when training '
+                        'starts. Without it (or --resume) such a --save_dir is refused')
     p.add_argument('--reproduce', default=None, choices=['table1'],
                    help="train the paper's Table 1 configurations (routings 1/2/3, with and "
                         "without reconstruction) in turn under <save_dir>/table1/ (resumable) "

@@ -293,8 +293,8 @@ def test_bad_mnist_files(capsys, tmp_path, save_dir, case):
     folder = fake_mnist(str(tmp_path / 'mnist'))
     edit(folder)
     before = snapshot(save_dir)
-    code, out, err = run_main(capsys, '--epochs', '1', '--data_dir', folder, '--save_dir', save_dir,
-                              *TINY)
+    code, out, err = run_main(capsys, '--epochs', '1', '--overwrite', '--data_dir', folder,
+                              '--save_dir', save_dir, *TINY)
     assert_one_error_line(code, err, message)
     assert snapshot(save_dir) == before
 
@@ -394,6 +394,107 @@ def test_invalid_flag_values(capsys, save_dir, flag, value):
 def test_resume_with_weights_is_refused(capsys, save_dir):
     code, out, err = run_main(capsys, '--resume', '-w', 'x.h5', '--save_dir', save_dir)
     assert_one_error_line(code, err, '--resume')
+
+
+# --save_dir holding an earlier run or damaged resume state (issue 15): prepare(save_dir) edits
+# the copy of a 1-epoch run; then `argv` runs; an error case gives its one line and changes no
+# file, a success case passes check(save_dir, stdout).
+def _log_rows(save_dir, epochs):
+    """Rewrites log.csv with the given epoch numbers, each a copy of the real first row."""
+    path = os.path.join(save_dir, 'log.csv')
+    with open(path) as f:
+        header, row = f.readline(), f.readline()
+    first, rest = row.split(',', 1) if header.startswith('epoch,') else (None, None)
+    assert first == '0', 'log.csv does not start with its epoch column'
+    with open(path, 'w') as f:
+        f.write(header + ''.join('%d,%s' % (e, rest) for e in epochs))
+
+
+def _checkpoint_at(epoch, optimizer=True):
+    """Copies the run's epoch-1 checkpoint to weights-<epoch>.h5 (and optimizer-<epoch>.npz)."""
+    def prepare(save_dir):
+        names = [('weights-01.h5', 'weights-%02d.h5')] + \
+            ([('optimizer-01.npz', 'optimizer-%02d.npz')] if optimizer else [])
+        for src, dst in names:
+            shutil.copyfile(os.path.join(save_dir, src), os.path.join(save_dir, dst % epoch))
+    return prepare
+
+
+def _garbage_log(save_dir):
+    with open(os.path.join(save_dir, 'log.csv'), 'wb') as f:
+        f.write(b'\xff\xfe' + bytes(range(256)) * 4)
+
+
+def _logged_out_of_order(epochs):
+    def prepare(save_dir):
+        _checkpoint_at(3)(save_dir)
+        _log_rows(save_dir, epochs)
+    return prepare
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def _stale_temps(save_dir):
+    for pid in (_dead_pid(), os.getpid()):
+        with open(os.path.join(save_dir, '.weights-02.tmp-%d.h5' % pid), 'wb') as f:
+            f.write(b'half a checkpoint')
+
+
+def _only_live_temps(save_dir, out):
+    temps = [n for n in os.listdir(save_dir) if n.startswith('.')]
+    assert temps == ['.weights-02.tmp-%d.h5' % os.getpid()], temps
+    assert 'note: removed .weights-02.tmp-' in out
+
+
+def _logged(epochs):
+    def check(save_dir, out):
+        assert log_epochs(save_dir) == epochs
+    return check
+
+
+def _fresh_log_only(save_dir, out):
+    assert log_epochs(save_dir) == [0]
+    assert 'weights-05.h5' not in os.listdir(save_dir)
+
+
+SAVE_DIR_CASES = {
+    # 9: a fresh run must not truncate the earlier run's log.csv beside its checkpoints
+    'earlier_run': (lambda d: None, ['--epochs', '1'], 'holds an earlier run', None),
+    'earlier_run_overwrite': (_checkpoint_at(5), ['--epochs', '1', '--overwrite'], None,
+                              _fresh_log_only),
+    # 7
+    'log_binary_garbage': (_garbage_log, ['--resume', '--epochs', '2'], 'not a text CSV log', None),
+    # 12: each epoch once, in order, after the resume (checkpoint: epoch 3)
+    'log_duplicated_rows': (_logged_out_of_order([0, 1, 2, 1, 2, 3, 4]),
+                            ['--resume', '--epochs', '4'], None, _logged([0, 1, 2, 3])),
+    'log_out_of_order_rows': (_logged_out_of_order([0, 2, 1, 5, 4, 3]),
+                              ['--resume', '--epochs', '4'], None, _logged([0, 1, 2, 3])),
+    # 13
+    'checkpoint_past_epochs': (_checkpoint_at(99, optimizer=False), ['--resume', '--epochs', '2'],
+                               'weights-99.h5 says the run is already past --epochs 2', None),
+    # 14: a kill -9 mid-write left a temp file; the live writer's (this process's) stays
+    'stale_temp_files': (_stale_temps, ['--resume', '--epochs', '1'], None, _only_live_temps),
+}
+
+
+@pytest.mark.backend_state
+@pytest.mark.parametrize('case', sorted(SAVE_DIR_CASES))
+def test_save_dir_states(capsys, save_dir, data_dir, case):
+    prepare, argv, message, check = SAVE_DIR_CASES[case]
+    prepare(save_dir)
+    before = snapshot(save_dir)
+    code, out, err = run_main(capsys, *argv, '--data_dir', data_dir, '--save_dir', save_dir,
+                              '--seed', '0', *TINY)
+    if message is not None:
+        assert_one_error_line(code, err, message)
+        assert snapshot(save_dir) == before
+        return
+    assert code == 0, err[-3000:]
+    check(save_dir, out)
 
 
 def test_end_to_end_bad_weights_no_traceback(tmp_path, data_dir):
