@@ -16,6 +16,7 @@ itself (batches, callbacks, checkpoints) is training.py's. Runs on keras==2.2.4 
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import sys
@@ -460,11 +461,16 @@ def _recipe_help(text, key):
 
 
 def _bounded(kind, low=None, high=None, low_open=False):
+    """argparse type: kind(text) within [low, high] (low excluded if low_open). NaN and
+    infinities are refused: no flag of this CLI means anything by them, and NaN passes every
+    comparison (--lr nan trained at lr 0, --stop_at_val_acc nan never stopped)."""
     def check(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError('%r is not a valid %s' % (text, kind.__name__))
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError('%s is not a finite number' % text)
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError('%s must be %s %s' % (text, '>' if low_open else '>=', low))
         if high is not None and value > high:
@@ -513,7 +519,8 @@ def build_parser():
                    help='train on the first N training images only (quick runs)')
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
-    p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--seed', default=None, type=_bounded(int, 0, 2 ** 32 - 1),
+                   help='random seed, 0 .. 2^32-1 (shuffling, shifts, init)')
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
                    help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
                         '--batch_size is split between them and must be divisible by N')

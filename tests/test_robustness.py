@@ -382,7 +382,13 @@ def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_
 
 @pytest.mark.parametrize('flag,value', [('--routings', '0'), ('--batch_size', '0'), ('--lr', '0'),
                                         ('--lr', '-1'), ('--shift_fraction', '0.7'),
-                                        ('--shift_fraction', '-0.1'), ('--epochs', '0')])
+                                        ('--shift_fraction', '-0.1'), ('--epochs', '0'),
+                                        # issue 15, 4 and 10: NumPy's seed range; NaN / inf
+                                        ('--seed', '-1'), ('--seed', str(2 ** 40)),
+                                        ('--shift_fraction', 'nan'), ('--lr', 'nan'),
+                                        ('--lr', 'inf'), ('--lr_decay', 'nan'),
+                                        ('--lr_min', 'nan'), ('--lam_recon', 'inf'),
+                                        ('--stop_at_val_acc', 'nan')])
 def test_invalid_flag_values(capsys, save_dir, flag, value):
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, flag, value, '--save_dir', save_dir)
