@@ -325,7 +325,47 @@ def _hdf5_not_keras(path, trained):
         f.create_dataset('x', data=np.zeros(3))
 
 
+def _edited_copy(edit):
+    """A copy of the trained weights with edit(h5py.File) applied."""
+    def make(path, trained):
+        import h5py
+        shutil.copyfile(os.path.join(trained, 'trained_model.h5'), path)
+        with h5py.File(path, 'a') as f:
+            edit(f)
+    return make
+
+
+def _replace_kernel(value_of):
+    """Replaces conv1's kernel by value_of(kernel) (same shape, maybe another dtype)."""
+    def edit(f):
+        name = 'conv1/kernel:0'
+        kernel = np.asarray(f['conv1'][name])
+        del f['conv1'][name]
+        f['conv1'].create_dataset(name, data=value_of(kernel))
+    return edit
+
+
+def _nan_at_first(kernel):
+    kernel.flat[0] = np.nan
+    return kernel
+
+
+def _set_attr(group, name, value):
+    def edit(f):
+        (f[group] if group else f).attrs[name] = value
+    return edit
+
+
 H5_CASES = {'not_hdf5': (_not_hdf5, 'not a readable HDF5'),
+            # issue 15, 3 and 11: right shapes, wrong values or wrongly typed attributes
+            'string_dtype': (_edited_copy(_replace_kernel(lambda k: k.astype('S12'))),
+                             'not real numbers'),
+            'complex_dtype': (_edited_copy(_replace_kernel(lambda k: k + 1j)), 'not real numbers'),
+            'nan_weights': (_edited_copy(_replace_kernel(_nan_at_first)), 'NaN or infinite'),
+            'inf_weights': (_edited_copy(_replace_kernel(lambda k: k / 0.)), 'NaN or infinite'),
+            'layer_names_not_a_list': (_edited_copy(_set_attr(None, 'layer_names', 7)), 'damaged'),
+            'weight_names_not_a_list': (_edited_copy(_set_attr('conv1', 'weight_names', 2.5)),
+                                        'damaged'),
             'truncated': (_truncated_h5, 'weights.h5'),
             'empty': (_empty_file, 'not a readable HDF5'),
             'other_architecture': (_other_architecture, 'primarycap_conv2d'),
