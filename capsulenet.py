@@ -420,8 +420,9 @@ def reproduce_table1(save_dir='./result', epochs=50, weights=None, **options):
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
         shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
     table = utils.results_table(logs)
-    with open(os.path.join(root, 'table1.md'), 'w') as f:
-        f.write(table + '\n')
+    with atomic_write(os.path.join(root, 'table1.md')) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(table + '\n')
     utils.plot_log(logs, os.path.join(root, 'table1.png'))
     print(table)
     print('Table and curves saved to %s (table1.md, table1.png)' % root)

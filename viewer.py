@@ -11,7 +11,7 @@ import capsulenet
 import compat as C
 from h5weights import load_weights_h5
 from safeio import UserError
-from utils import load_mnist
+from utils import load_mnist, save_figure
 
 
 class PerturbationViewer(object):
@@ -174,7 +174,7 @@ def perturb_command(args, options):
                           args.test_samples, **options)
     import matplotlib.pyplot as plt
     if args.out:
-        viewer.figure.savefig(args.out)
+        save_figure(viewer.figure, args.out)
         print('wrote %s' % args.out)
     else:
         plt.show()

@@ -543,6 +543,54 @@ def test_save_dir_states(capsys, save_dir, data_dir, case):
     check(save_dir, out)
 
 
+def test_full_disk_while_writing_a_figure(capsys, monkeypatch, trained, save_dir, data_dir):
+    import matplotlib.pyplot as plt
+
+    def full_disk(path, *args, **kwargs):
+        open(path, 'wb').close()  # what a full disk leaves: an empty file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(plt, 'imsave', full_disk)
+    figure = os.path.join(save_dir, 'manipulate-5.png')
+    with open(figure, 'wb') as f:
+        f.write(b'an earlier figure')
+    before = snapshot(save_dir)
+    code, out, err = run_main(capsys, '-t', '-w', os.path.join(trained, 'trained_model.h5'),
+                              '--data_dir', data_dir, '--save_dir', save_dir, *TINY)
+    assert_one_error_line(code, err, 'cannot write %s: %s' % (figure, os.strerror(errno.ENOSPC)))
+    assert snapshot(save_dir) == before  # the earlier figure whole, no temp file
+
+
+def _log_with(row):
+    def make(folder):
+        path = os.path.join(folder, 'log.csv')
+        with open(path, 'w') as f:
+            f.write('epoch,loss,val_capsnet_accuracy\n0,0.5,0.9\n' + row)
+        return path
+    return make
+
+
+# utils.py plot / table on logs it cannot use, figures it cannot write (issue 15, 8)
+UTILS_CASES = {
+    'plot_text_loss': (_log_with('1,high,0.91\n'), ['plot'], "column 'loss' holds non-numeric"),
+    'table_text_epoch': (_log_with('one,0.4,0.91\n'), ['table'], "column 'epoch' holds non-numeric"),
+    'plot_out_in_missing_folder': (_log_with('1,0.4,0.91\n'), ['plot', '--out', 'MISSING/log.png'],
+                                   'cannot write'),
+    'plot_out_unknown_format': (_log_with('1,0.4,0.91\n'), ['plot', '--out', 'OUT/log.xyz'],
+                                'cannot write'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(UTILS_CASES))
+def test_bad_utils_input(capsys, tmp_path, case):
+    make, argv, message = UTILS_CASES[case]
+    log = make(str(tmp_path))
+    argv = [a.replace('MISSING', str(tmp_path / 'missing')).replace('OUT', str(tmp_path))
+            for a in argv]
+    code, out, err = run_main(capsys, *argv, log, main=utils.main)
+    assert_one_error_line(code, err, message)
+    assert sorted(os.listdir(str(tmp_path))) == ['log.csv']
+
+
 def test_end_to_end_bad_weights_no_traceback(tmp_path, data_dir):
     path = str(tmp_path / 'junk.h5')
     _not_hdf5(path, None)
