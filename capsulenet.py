@@ -13,6 +13,10 @@ the command line, whose flags become plain keyword arguments of `run` at `main`.
 itself (batches, callbacks, checkpoints) is training.py's. Runs on keras==2.2.4 and on Keras 3
 (TensorFlow, JAX or PyTorch backend; pick it with KERAS_BACKEND). Outputs go to --save_dir.
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import collections
 import json

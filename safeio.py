@@ -3,10 +3,12 @@
 UserError: a problem with the user's input (file, flag, data), printed by the command lines as
 one `error:` line, never a traceback. atomic_write: write a temp file, rename it over the target;
 remove_stale_temps: clear the temp files of writers that were killed mid-write.
+interrupt_is_one_line: Ctrl-C before a command line's own handler runs gives one line too.
 """
 import contextlib
 import os
 import re
+import sys
 
 
 class UserError(Exception):
@@ -70,3 +72,16 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def interrupt_is_one_line():
+    """Makes an uncaught KeyboardInterrupt print one `error:` line instead of a traceback (the
+    exit status stays the interrupted one, 130); other exceptions are reported as usual.
+    The command lines call it first thing: Ctrl-C while TensorFlow loads (seconds) would
+    otherwise end in an import traceback, before main() and its handler exist."""
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print('error: interrupted', file=sys.stderr)
+            return
+        sys.__excepthook__(kind, value, traceback)
+    sys.excepthook = hook

@@ -4,6 +4,10 @@
     python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import gzip
 import os

@@ -3,6 +3,10 @@
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
     python viewer.py -w result/trained_model.h5 --out viewer.png   # the same, headless
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import sys
 
 import numpy as np

@@ -591,6 +591,19 @@ def test_bad_utils_input(capsys, tmp_path, case):
     assert sorted(os.listdir(str(tmp_path))) == ['log.csv']
 
 
+def test_sigint_during_start_up_is_one_line(tmp_path):
+    # a stand-in keras that receives Ctrl-C while it loads: deterministic, unlike a timer
+    fake = tmp_path / 'fake'
+    fake.mkdir()
+    (fake / 'keras.py').write_text('import os, signal, time\n'
+                                   'os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n')
+    path = os.pathsep.join([str(fake)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+    result = run_script('capsulenet.py', '--save_dir', str(tmp_path / 'out'), timeout=60,
+                        PYTHONPATH=path)
+    assert_one_error_line(result.returncode, result.stderr, 'interrupted')
+    assert not (tmp_path / 'out').exists()
+
+
 def test_end_to_end_bad_weights_no_traceback(tmp_path, data_dir):
     path = str(tmp_path / 'junk.h5')
     _not_hdf5(path, None)
