@@ -19,6 +19,7 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -266,42 +267,70 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     (x_train, y_train), (x_test, y_test), extra = DATASETS[dataset](
         data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
     with scope as parallel:
-        train_model, eval_model, manipulate_model = build_models(
-            model, x_train.shape[1:], y_train.shape[1], **options)
+        sizes = model_sizes(model, options)
+        with out_of_memory_hint('building --model %s' % model, sizes):
+            train_model, eval_model, manipulate_model = build_models(
+                model, x_train.shape[1:], y_train.shape[1], **options)
         train_model.summary()
         if weights is not None:
             if load_weights_h5(train_model, weights) == 'full-model':
                 print('note: %s is a full-model file: loaded its weights only (its model config '
                       'is ignored, nothing in it is executed)' % weights)
             print('Loaded weights from %s' % weights)
-        if testing:
-            if weights is None:
-                print('No weights are provided. Will test using random initialized weights.')
-            if manipulate_model is not None:
-                manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
-        else:
-            initial_epoch = training.resume_weights(train_model, save_dir, epochs) if resume else 0
-            fitted = parallel(train_model)
-            compile_model(fitted, lr, lam_recon, spec)
-            batches = training_batches(dataset, x_train, y_train, batch_size,
-                                       None if seed is None else seed + initial_epoch, workers,
-                                       shift_fraction, augment)
-            validation = ([x_test, y_test], [y_test, x_test])
-            if spec.kind == 'classifier':
-                batches, validation = training.ClassifierBatches(batches), (x_test, y_test)
-            extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping, stop_at_val_acc)
-            if debug:
-                extra_callbacks.append(C.tensorboard(os.path.join(save_dir, 'tensorboard-logs'),
-                                                     batch_size))
-            if not resume:
-                training.remove_earlier_run(save_dir)  # none is there without --overwrite
-            training.train(fitted, batches, validation, save_dir, epochs,
-                           lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
-                           spec.monitor, initial_epoch, train_model, keep_checkpoints,
-                           extra_callbacks)
-        acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
-        if extra is not None:
-            affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+        with out_of_memory_hint('training' if not testing else 'testing',
+                                ['--batch_size %d' % batch_size] + sizes):
+            if testing:
+                if weights is None:
+                    print('No weights are provided. Will test using random initialized weights.')
+                if manipulate_model is not None:
+                    manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
+            else:
+                initial_epoch = (training.resume_weights(train_model, save_dir, epochs)
+                                 if resume else 0)
+                fitted = parallel(train_model)
+                compile_model(fitted, lr, lam_recon, spec)
+                batches = training_batches(dataset, x_train, y_train, batch_size,
+                                           None if seed is None else seed + initial_epoch, workers,
+                                           shift_fraction, augment)
+                validation = ([x_test, y_test], [y_test, x_test])
+                if spec.kind == 'classifier':
+                    batches, validation = training.ClassifierBatches(batches), (x_test, y_test)
+                extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping,
+                                                           stop_at_val_acc)
+                if debug:
+                    extra_callbacks.append(C.tensorboard(
+                        os.path.join(save_dir, 'tensorboard-logs'), batch_size))
+                if not resume:
+                    training.remove_earlier_run(save_dir)  # none is there without --overwrite
+                training.train(fitted, batches, validation, save_dir, epochs,
+                               lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
+                               spec.monitor, initial_epoch, train_model, keep_checkpoints,
+                               extra_callbacks)
+            acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+            if extra is not None:
+                affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+
+
+def model_sizes(model, options):
+    """The size flags of --model that memory grows with, as '--flag value' for those given
+    (e.g. ['--conv1_filters 1000000000']), else the flag names ([] for a fixed model)."""
+    flags = [k for k in ARCH_FLAGS if k in MODELS[model].flags]
+    given = ['--%s %s' % (k, options[k]) for k in flags if options.get(k) is not None]
+    return given or ['--%s' % k for k in flags if k in ('conv1_filters', 'primary_channels')]
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(doing, sizes):
+    """Turns the backend's out-of-memory error (compat.out_of_memory) inside the block into
+    one UserError line naming the sizes to lower: a raw one is a long traceback that says
+    which tensor, not which flag."""
+    try:
+        yield
+    except Exception as e:
+        if not C.out_of_memory(e):
+            raise
+        lower = ' or '.join(sizes) if sizes else 'nothing settable: use a machine with more memory'
+        raise UserError('out of memory while %s: lower %s' % (doing, lower))
 
 
 def early_stopping_callbacks(monitor, patience=None, target=None):

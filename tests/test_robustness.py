@@ -591,6 +591,39 @@ def test_bad_utils_input(capsys, tmp_path, case):
     assert sorted(os.listdir(str(tmp_path))) == ['log.csv']
 
 
+def _oom_while_building(monkeypatch):
+    def builder(*args, **kwargs):
+        raise C.out_of_memory_error('OOM when allocating tensor with shape [9, 9, 1, 16]')
+    spec = capsulenet.MODELS['capsnet']
+    monkeypatch.setitem(capsulenet.MODELS, 'capsnet', spec._replace(builder=builder))
+
+
+def _oom_while_training(monkeypatch):
+    def fit(*args, **kwargs):
+        raise C.out_of_memory_error('OOM when allocating tensor with shape [50, 1152, 10, 16]')
+    monkeypatch.setattr(C, 'fit', fit)
+
+
+# issue 15, 5: the backend's own out-of-memory error, raised where a too-big model or batch
+# would raise it (a real one needs a memory cap and minutes)
+OOM_CASES = {'building': (_oom_while_building, 'out of memory while building --model capsnet: '
+                          'lower --conv1_filters 16 or --primary_channels 4'),
+             'training': (_oom_while_training, 'out of memory while training: lower --batch_size '
+                          '50 or --conv1_filters 16 or --primary_channels 4')}
+
+
+@pytest.mark.backend_state
+@pytest.mark.parametrize('case', sorted(OOM_CASES))
+def test_out_of_memory_names_the_size_to_lower(capsys, monkeypatch, tmp_path, data_dir, case):
+    simulate, message = OOM_CASES[case]
+    simulate(monkeypatch)
+    save_dir = tmp_path / 'out'
+    code, out, err = run_main(capsys, '--epochs', '1', '--data_dir', data_dir,
+                              '--save_dir', save_dir, *TINY)
+    assert_one_error_line(code, err, message)
+    assert os.listdir(str(save_dir)) == []
+
+
 def test_sigint_during_start_up_is_one_line(tmp_path):
     # a stand-in keras that receives Ctrl-C while it loads: deterministic, unlike a timer
     fake = tmp_path / 'fake'
