@@ -289,8 +289,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                                  if resume else 0)
                 fitted = parallel(train_model)
                 compile_model(fitted, lr, lam_recon, spec)
-                batches = training_batches(dataset, x_train, y_train, batch_size,
-                                           None if seed is None else seed + initial_epoch, workers,
+                batches = training_batches(dataset, x_train, y_train, batch_size, seed, workers,
                                            shift_fraction, augment)
                 validation = ([x_test, y_test], [y_test, x_test])
                 if spec.kind == 'classifier':

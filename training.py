@@ -430,6 +430,9 @@ def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
            BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
     if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)
         cbs.append(BatchesEpoch(batches))
+    # a resumed run reads the batches the uninterrupted run would: they depend on (seed,
+    # epoch, index) only, so restoring the epoch restores the data order and the shifts
+    batches.set_epoch(initial_epoch)
     C.fit(model, batches, epochs=epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
           validation_data=validation_data, workers=batches.workers_wanted)
     if nan_guard.where is not None:
