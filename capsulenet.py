@@ -245,8 +245,8 @@ def prepare_save_dir(path):
 
 
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
-        resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
-        lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
+        resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100,
+        lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
         mixed_precision='off', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
         data_dir=None, train_samples=None, test_samples=None, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
@@ -328,8 +328,10 @@ def out_of_memory_hint(doing, sizes):
     except Exception as e:
         if not C.out_of_memory(e):
             raise
-        lower = ' or '.join(sizes) if sizes else 'nothing settable: use a machine with more memory'
-        raise UserError('out of memory while %s: lower %s' % (doing, lower))
+        if not sizes:  # --model efficient: its sizes are fixed
+            raise UserError('out of memory while %s: no flag makes it smaller; use a machine '
+                            'with more memory' % doing)
+        raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
 
 
 def early_stopping_callbacks(monitor, patience=None, target=None):
