@@ -16,9 +16,15 @@ the command line, whose flags become plain keyword arguments of `run` at `main`.
 itself (batches, callbacks, checkpoints) is training.py's. Runs on keras==2.2.4 and on Keras 3
 (TensorFlow, JAX or PyTorch backend; pick it with KERAS_BACKEND). Outputs go to --save_dir.
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import collections
+import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -36,7 +42,7 @@ from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrima
 from compat import layers, models, callbacks
 from data_errors import DataError
 from h5weights import load_weights_h5
-from safeio import UserError, atomic_write
+from safeio import UserError, atomic_write, remove_stale_temps
 
 
 # ---------------------------------------------------------------- models
@@ -413,22 +419,27 @@ def prepare_save_dir(path):
         raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
     if not os.access(path, os.W_OK):
         raise UserError('--save_dir %s is not writable' % path)
+    for name in remove_stale_temps(path):
+        print('note: removed %s, left by a process that died while writing it' % name)
 
 
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
-        resume=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001, lr_decay=0.9,
-        lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
-        mixed_precision='off', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None, debug=False, digit=5,
-        data_dir=None, train_samples=None, test_samples=None, **options):
+        resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100,
+        lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
+        lam_recon=0.392, workers=1, mixed_precision='off', keep_checkpoints=2,
+        early_stopping=None, stop_at_val_acc=None, debug=False, digit=5, data_dir=None,
+        train_samples=None, test_samples=None, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir)."""
-    if resume and (testing or weights is not None):
+    if resume and (testing or weights is not None or overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
-                        'with -t or -w')
+                        'with -t, -w or --overwrite')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in DATASET_FLAGS[dataset] if k in options}
     prepare_save_dir(save_dir)
+    if not (testing or resume):  # before the data are loaded: fail fast
+        training.refuse_earlier_run(save_dir, overwrite)
     C.set_precision(mixed_precision)  # before any model is built
     scope = C.distribution_scope(multi_gpu, batch_size)
     if seed is not None:
@@ -439,47 +450,79 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     x_test, y_test = test_split.x, test_split.y
     digits = DATASET_DIGITS.get(dataset, 1)
     with scope as parallel:
-        # the test images give the input shape: training digits / crops may be other sizes
-        train_model, eval_model, manipulate_model = build_models(
-            model, x_test.shape[1:], y_test.shape[1], dataset, **options)
+        sizes = model_sizes(model, options)
+        with out_of_memory_hint('building --model %s' % model, sizes):
+            # the test images give the input shape: training digits / crops may be other sizes
+            train_model, eval_model, manipulate_model = build_models(
+                model, x_test.shape[1:], y_test.shape[1], dataset, **options)
         train_model.summary()
         if weights is not None:
             if load_weights_h5(train_model, weights) == 'full-model':
                 print('note: %s is a full-model file: loaded its weights only (its model config '
                       'is ignored, nothing in it is executed)' % weights)
             print('Loaded weights from %s' % weights)
-        if testing:
-            if weights is None:
-                print('No weights are provided. Will test using random initialized weights.')
-            if manipulate_model is not None and digit < y_test.shape[1]:
-                manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
-            elif manipulate_model is not None:
-                print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
-                      '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
-        else:
-            initial_epoch = training.resume_weights(train_model, save_dir) if resume else 0
-            fitted = parallel(train_model)
-            compile_model(fitted, lr, lam_recon, spec, digits)
-            batches = training_batches(dataset, x_train, y_train, batch_size,
-                                       None if seed is None else seed + initial_epoch, workers,
-                                       shift_fraction, augment)
-            validation = validation_data(spec.kind, test_split)
-            if spec.kind == 'classifier':
-                batches = training.ClassifierBatches(batches)
-            extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping, stop_at_val_acc)
-            if debug:
-                extra_callbacks.append(C.tensorboard(os.path.join(save_dir, 'tensorboard-logs'),
-                                                     batch_size))
-            training.train(fitted, batches, validation, save_dir, epochs,
-                           lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
-                           spec.monitor, initial_epoch, train_model, keep_checkpoints,
-                           extra_callbacks)
-        acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
-        if dataset == 'multimnist':
-            print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
-                  % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
-        if extra is not None:
-            affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+        with out_of_memory_hint('training' if not testing else 'testing',
+                                ['--batch_size %d' % batch_size] + sizes):
+            if testing:
+                if weights is None:
+                    print('No weights are provided. Will test using random initialized weights.')
+                if manipulate_model is not None and digit < y_test.shape[1]:
+                    manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
+                elif manipulate_model is not None:
+                    print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
+                          '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
+            else:
+                initial_epoch = (training.resume_weights(train_model, save_dir, epochs)
+                                 if resume else 0)
+                fitted = parallel(train_model)
+                compile_model(fitted, lr, lam_recon, spec, digits)
+                # the batches depend on (seed, epoch, index); train() restores the epoch
+                batches = training_batches(dataset, x_train, y_train, batch_size, seed, workers,
+                                           shift_fraction, augment)
+                validation = validation_data(spec.kind, test_split)
+                if spec.kind == 'classifier':
+                    batches = training.ClassifierBatches(batches)
+                extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping,
+                                                           stop_at_val_acc)
+                if debug:
+                    extra_callbacks.append(C.tensorboard(
+                        os.path.join(save_dir, 'tensorboard-logs'), batch_size))
+                if not resume:
+                    training.remove_earlier_run(save_dir)  # none is there without --overwrite
+                training.train(fitted, batches, validation, save_dir, epochs,
+                               lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
+                               spec.monitor, initial_epoch, train_model, keep_checkpoints,
+                               extra_callbacks)
+            acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+            if dataset == 'multimnist':
+                print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
+                      % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
+            if extra is not None:
+                affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+
+
+def model_sizes(model, options):
+    """The size flags of --model that memory grows with, as '--flag value' for those given
+    (e.g. ['--conv1_filters 1000000000']), else the flag names ([] for a fixed model)."""
+    flags = [k for k in ARCH_FLAGS if k in MODELS[model].flags]
+    given = ['--%s %s' % (k, options[k]) for k in flags if options.get(k) is not None]
+    return given or ['--%s' % k for k in flags if k in ('conv1_filters', 'primary_channels')]
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(doing, sizes):
+    """Turns the backend's out-of-memory error (compat.out_of_memory) inside the block into
+    one UserError line naming the sizes to lower: a raw one is a long traceback that says
+    which tensor, not which flag."""
+    try:
+        yield
+    except Exception as e:
+        if not C.out_of_memory(e):
+            raise
+        if not sizes:  # --model efficient: its sizes are fixed
+            raise UserError('out of memory while %s: no flag makes it smaller; use a machine '
+                            'with more memory' % doing)
+        raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
 
 
 def validation_data(kind, split):
@@ -599,7 +642,7 @@ def _finished(config_dir, epochs):
     log = os.path.join(config_dir, 'log.csv')
     if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
         return False
-    with open(log) as f:
+    with open(log, errors='replace') as f:  # a damaged log: --resume says what is wrong
         return sum(1 for _ in f) - 1 >= epochs
 
 
@@ -625,12 +668,14 @@ def reproduce_table1(save_dir='./result', epochs=50, weights=None, **options):
             C.clear_session()
             run(**dict(options, routings=routings, lam_recon=lam_recon, save_dir=config_dir,
                        epochs=epochs, weights=weights,
-                       resume=weights is None))  # picks up mid-configuration after a crash
+                       resume=weights is None,  # picks up mid-configuration after a crash
+                       overwrite=weights is not None and options.get('overwrite', False)))
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
         shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
     table = utils.results_table(logs)
-    with open(os.path.join(root, 'table1.md'), 'w') as f:
-        f.write(table + '\n')
+    with atomic_write(os.path.join(root, 'table1.md')) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(table + '\n')
     utils.plot_log(logs, os.path.join(root, 'table1.png'))
     print(table)
     print('Table and curves saved to %s (table1.md, table1.png)' % root)
@@ -670,11 +715,16 @@ def _recipe_help(text, key):
 
 
 def _bounded(kind, low=None, high=None, low_open=False):
+    """argparse type: kind(text) within [low, high] (low excluded if low_open). NaN and
+    infinities are refused: no flag of this CLI means anything by them, and NaN passes every
+    comparison (--lr nan trained at lr 0, --stop_at_val_acc nan never stopped)."""
     def check(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError('%r is not a valid %s' % (text, kind.__name__))
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError('%s is not a finite number' % text)
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError('%s must be %s %s' % (text, '>' if low_open else '>=', low))
         if high is not None and value > high:
@@ -725,7 +775,8 @@ def build_parser():
                    help='train on the first N training images only (quick runs)')
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
                    help='validate and test on the first N test images only')
-    p.add_argument('--seed', default=None, type=int, help='random seed (shuffling, shifts, init)')
+    p.add_argument('--seed', default=None, type=_bounded(int, 0, 2 ** 32 - 1),
+                   help='random seed, 0 .. 2^32-1 (shuffling, shifts, init)')
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),
                    help='data-parallel training on N GPUs (0/1: off; TF_CONFIG set: all workers); '
                         '--batch_size is split between them and must be divisible by N')
@@ -743,6 +794,10 @@ def build_parser():
     p.add_argument('--resume', action='store_true',
                    help='continue training from the newest weights-XX.h5 in --save_dir '
                         '(epoch, LR schedule and optimizer state), appending to log.csv')
+    p.add_argument('--overwrite', action='store_true',
+                   help='train afresh in a --save_dir that holds an earlier run (log.csv, '
+                        'weights-XX.h5, trained_model.h5): its files are removed when training '
+                        'starts. Without it (or --resume) such a --save_dir is refused')
     p.add_argument('--reproduce', default=None, choices=['table1'],
                    help="train the paper's Table 1 configurations (routings 1/2/3, with and "
                         "without reconstruction) in turn under <save_dir>/table1/ (resumable) "

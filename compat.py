@@ -502,6 +502,40 @@ def _yielding(scope, value):
     return wrapped()
 
 
+# ---------------------------------------------------------------- out of memory
+def out_of_memory(error):
+    """Whether `error` is an out-of-memory error of Python or of the backend: TensorFlow's
+    ResourceExhaustedError (keras 2.2.4 too), JAX's runtime error saying RESOURCE_EXHAUSTED
+    (XLA has no type of its own for it), PyTorch's OutOfMemoryError or CPU allocator failure."""
+    if isinstance(error, MemoryError):
+        return True
+    if BACKEND == 'tensorflow':
+        import tensorflow as tf
+        return isinstance(error, tf.errors.ResourceExhaustedError)
+    if BACKEND == 'jax':
+        return isinstance(error, RuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
+    if BACKEND == 'torch':
+        import torch
+        return isinstance(error, torch.OutOfMemoryError) or (
+            isinstance(error, RuntimeError) and 'not enough memory' in str(error))
+    return False
+
+
+def out_of_memory_error(message):
+    """An instance of the backend's out-of-memory error (what `out_of_memory` recognises),
+    for tests that simulate running out of memory."""
+    if BACKEND == 'tensorflow':
+        import tensorflow as tf
+        return tf.errors.ResourceExhaustedError(None, None, message)
+    if BACKEND == 'jax':
+        from jax.errors import JaxRuntimeError
+        return JaxRuntimeError('RESOURCE_EXHAUSTED: %s' % message)
+    if BACKEND == 'torch':
+        import torch
+        return torch.OutOfMemoryError(message)
+    return MemoryError(message)
+
+
 # ---------------------------------------------------------------- CPU threads
 def configure_threads(threads=None):
     """Caps the CPU threads the backend's ops use; call at start-up, before the first tensor.

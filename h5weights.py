@@ -118,6 +118,17 @@ def _read_keras3_groups(f, model):
     return out
 
 
+def _check_numbers(array, layer_name, path):
+    """UserError unless array holds finite real numbers: strings (even '0.5'), complex values
+    (NumPy would drop their imaginary part with a warning) and NaN/inf would load silently and
+    train or test a broken model, or be written on into trained_model.h5."""
+    if array.dtype.kind not in 'biuf':
+        raise UserError('layer %r: weights in %s are not real numbers (dtype %s)'
+                        % (layer_name, path, array.dtype))
+    if not np.isfinite(array).all():
+        raise UserError('layer %r: weights in %s hold NaN or infinite values' % (layer_name, path))
+
+
 def load_weights_h5(model, path):
     """Loads weights by layer name from a legacy-layout or Keras 3 .h5 file.
 
@@ -139,7 +150,8 @@ def load_weights_h5(model, path):
             else:
                 stored = _read_keras3_groups(f, model)
             full_model = 'model_weights' in f
-        except (KeyError, OSError, ValueError, RuntimeError) as e:
+        except (KeyError, OSError, ValueError, RuntimeError, TypeError) as e:
+            # TypeError: a layer_names / weight_names attribute that is no list of names
             raise UserError('weights file %s is damaged or not a Keras weights file (%s)' % (path, e))
     for layer, current in _layers_with_weights(model):
         if layer.name not in stored:
@@ -153,10 +165,7 @@ def load_weights_h5(model, path):
             if cur.shape != new.shape:
                 raise UserError('layer %r: model expects weight shape %s, file %s has %s'
                                 % (layer.name, cur.shape, path, new.shape))
+            _check_numbers(new, layer.name, path)
         # a float16 file (pretrained/) loads into the model's own (float32) variables
-        try:
-            arrays = [np.asarray(new, dtype=cur.dtype) for cur, new in zip(current, arrays)]
-        except (ValueError, TypeError) as e:
-            raise UserError('layer %r: weights in %s are not numbers (%s)' % (layer.name, path, e))
-        layer.set_weights(arrays)
+        layer.set_weights([np.asarray(new, dtype=cur.dtype) for cur, new in zip(current, arrays)])
     return 'full-model' if full_model else 'weights'

@@ -1,10 +1,14 @@
 """User-facing errors and crash-safe file writes; no Keras, so every module may import it.
 
 UserError: a problem with the user's input (file, flag, data), printed by the command lines as
-one `error:` line, never a traceback. atomic_write: write a temp file, rename it over the target.
+one `error:` line, never a traceback. atomic_write: write a temp file, rename it over the target;
+remove_stale_temps: clear the temp files of writers that were killed mid-write.
+interrupt_is_one_line: Ctrl-C before a command line's own handler runs gives one line too.
 """
 import contextlib
 import os
+import re
+import sys
 
 
 class UserError(Exception):
@@ -16,6 +20,42 @@ def atomic_path(path):
     directory, base = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(base)
     return os.path.join(directory, '.%s.tmp-%d%s' % (stem, os.getpid(), ext))
+
+
+# atomic_path's names: .<stem>.tmp-<pid><ext>
+TEMP_NAME = re.compile(r'^\.(.+)\.tmp-(\d+)(\.[A-Za-z0-9]+)?$')
+
+
+def _alive(pid):
+    """Whether process pid may exist (signal 0 checks without signalling; POSIX only). Pid 0
+    and negative pids name process groups: never probed, said alive."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # EPERM: another user's process; no such pid number
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Removes the atomic_path temp files in folder whose writer process is gone (a kill -9
+    mid-write leaves one, often megabytes); a live writer's are left alone. Returns their
+    names. Does nothing off POSIX, where signal 0 is no harmless liveness probe."""
+    if os.name != 'posix' or not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = TEMP_NAME.match(name)
+        if match and not _alive(int(match.group(2))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                continue  # not ours to remove (permissions): harmless, left as it is
+            removed.append(name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -32,3 +72,16 @@ def atomic_write(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def interrupt_is_one_line():
+    """Makes an uncaught KeyboardInterrupt print one `error:` line instead of a traceback (the
+    exit status stays the interrupted one, 130); other exceptions are reported as usual.
+    The command lines call it first thing: Ctrl-C while TensorFlow loads (seconds) would
+    otherwise end in an import traceback, before main() and its handler exist."""
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print('error: interrupted', file=sys.stderr)
+            return
+        sys.__excepthook__(kind, value, traceback)
+    sys.excepthook = hook

@@ -282,11 +282,47 @@ def latest_checkpoint(save_dir):
     return found[0] if found else None
 
 
-def resume_weights(model, save_dir):
+# the files a training run leaves in its --save_dir (log.png and the figures aside)
+RUN_FILES = re.compile(r'^(log\.csv|trained_model\.h5|best_model\.h5|weights-\d+\.h5|'
+                       r'optimizer-\d+\.npz)$')
+
+
+def earlier_run(save_dir):
+    """Sorted names of the files of an earlier training run in save_dir (RUN_FILES)."""
+    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
+    return sorted(n for n in names if RUN_FILES.match(n))
+
+
+def refuse_earlier_run(save_dir, overwrite=False):
+    """A fresh run must not destroy an earlier run's log.csv and checkpoints (CSVLogger would
+    truncate the log at once, beside the old weights): UserError unless overwrite."""
+    found = earlier_run(save_dir)
+    if found and not overwrite:
+        shown = ', '.join(found[:3]) + (', ...' if len(found) > 3 else '')
+        raise UserError('--save_dir %s holds an earlier run (%s): continue it with --resume, '
+                        'replace it with --overwrite, or choose another --save_dir'
+                        % (save_dir, shown))
+
+
+def remove_earlier_run(save_dir):
+    """--overwrite: removes the earlier run's files (RUN_FILES), so that no old checkpoint of a
+    later epoch is mistaken for this run's by a later --resume. Called only once the data
+    and the model are ready, so that bad input leaves the earlier run whole."""
+    for name in earlier_run(save_dir):
+        os.remove(os.path.join(save_dir, name))
+
+
+def resume_weights(model, save_dir, epochs=None):
     """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
     number of epochs done), 0 when there is none. A damaged newest file is reported and
-    skipped once (the one before it is tried); a second failure is an error."""
-    for tries, (epoch, path) in enumerate(checkpoints(save_dir)):
+    skipped once (the one before it is tried); a second failure is an error. A newest
+    file past `epochs` (the run's --epochs) is an error naming it: resuming would train nothing."""
+    found = checkpoints(save_dir)
+    if found and epochs is not None and found[0][0] > epochs:
+        raise UserError('%s says the run is already past --epochs %d (%d epochs done): raise '
+                        '--epochs, or remove that file if it is stray' % (found[0][1], epochs,
+                                                                          found[0][0]))
+    for tries, (epoch, path) in enumerate(found):
         try:
             load_weights_h5(model, path)
         except UserError as e:
@@ -314,29 +350,57 @@ def restore_optimizer(model, path):
     print('Restored optimizer state from %s' % path)
 
 
+def _log_lines(log_path):
+    """log.csv's lines (line ends kept); UserError when it is not UTF-8 text (binary garbage,
+    a UTF-16 file, NUL bytes): what it holds cannot be told apart from a damaged log."""
+    with open(log_path, 'rb') as f:
+        data = f.read()
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        text, bad = None, e.start
+    else:
+        bad = text.find('\0')
+    if text is None or bad >= 0:
+        raise UserError('%s is not a text CSV log (binary data at byte %d): cannot resume its '
+                        'log; move it away to resume without it' % (log_path, bad))
+    return text.splitlines(True)
+
+
+def _csv_row(line):
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error:
+        return []
+
+
 def trim_log(log_path, initial_epoch):
-    """Keeps log.csv's header and its rows of epochs < initial_epoch (rewritten atomically),
-    so that appending the resumed epochs gives each epoch exactly once."""
+    """Keeps log.csv's header and, of the epochs < initial_epoch, one row each in epoch order
+    (rewritten atomically), so that appending the resumed epochs gives each epoch exactly
+    once, in order. An epoch logged twice (an earlier resume from an older checkpoint)
+    keeps its last row: the one of the run that wrote the checkpoint resumed from."""
     if not os.path.isfile(log_path):
         return
-    with open(log_path) as f:
-        lines = f.readlines()
+    lines = _log_lines(log_path)
     if not lines:
         return
-    header = next(csv.reader([lines[0]]))
+    header = _csv_row(lines[0])
     if 'epoch' not in header:
         raise UserError('%s has no epoch column: cannot resume its log' % log_path)
     column = header.index('epoch')
-    kept = [lines[0]]
+    rows = {}
     for line in lines[1:]:
-        row = next(csv.reader([line]), [])
+        row = _csv_row(line)
         try:
-            if int(float(row[column])) < initial_epoch:
-                kept.append(line if line.endswith('\n') else line + '\n')
-        except (IndexError, ValueError):
+            epoch = int(float(row[column]))
+        except (IndexError, ValueError, OverflowError):
             continue  # a half-written last row from a crash
-    if len(kept) - 1 != initial_epoch:
-        print('note: %s has %d rows for the %d epochs done' % (log_path, len(kept) - 1, initial_epoch))
+        if 0 <= epoch < initial_epoch:
+            rows[epoch] = line if line.endswith('\n') else line + '\n'
+    kept = [lines[0]] + [rows[epoch] for epoch in sorted(rows)]
+    if len(rows) != initial_epoch or len(lines) - 1 != len(rows):
+        print('note: %s: kept one row each of the %d of %d epochs done it logs (%d rows)'
+              % (log_path, len(rows), initial_epoch, len(lines) - 1))
     with atomic_write(log_path) as tmp:
         with open(tmp, 'w') as f:
             f.writelines(kept)
@@ -404,6 +468,9 @@ def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
            BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
     if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)
         cbs.append(BatchesEpoch(batches))
+    # a resumed run reads the batches the uninterrupted run would: they depend on (seed,
+    # epoch, index) only, so restoring the epoch restores the data order and the shifts
+    batches.set_epoch(initial_epoch)
     C.fit(model, batches, epochs=epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
           validation_data=validation_data, workers=batches.workers_wanted)
     if nan_guard.where is not None:

@@ -4,6 +4,10 @@
     python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import gzip
 import os
@@ -14,7 +18,7 @@ import zlib
 import numpy as np
 
 from paper import TABLE1
-from safeio import UserError
+from safeio import UserError, atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST_DIR = os.path.join(HERE, 'data', 'mnist')
@@ -204,11 +208,23 @@ def two_colour_tiles(images, first, second, dim=0.3):
 
 
 def save_image(array, path):
-    """Saves a 2-D array in [0, 1] as a grayscale PNG (an RGB array [H, W, 3] in colour)."""
+    """Saves a 2-D array in [0, 1] as a grayscale PNG (an RGB array [H, W, 3] in colour),
+    atomically (see save_figure)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    plt.imsave(path, np.clip(array, 0, 1), cmap='gray', vmin=0, vmax=1)
+    with atomic_write(path) as tmp:
+        plt.imsave(tmp, np.clip(array, 0, 1), cmap='gray', vmin=0, vmax=1)
+
+
+def save_figure(fig, path):
+    """fig saved to path (format from its extension) through a temp file and a rename, so a
+    kill or a full disk leaves no half-written figure; UserError naming path on failure."""
+    with atomic_write(path) as tmp:  # the temp name keeps the extension: same format
+        try:
+            fig.savefig(tmp)
+        except ValueError as e:  # an extension matplotlib has no writer for
+            raise UserError('cannot write %s: %s' % (path, e))
 
 
 def _metric_columns(frame):
@@ -230,8 +246,22 @@ def read_logs(csv_paths):
             raise UserError('cannot read training log %s: %s' % (path, e))
         if 'epoch' not in frame.columns or frame.empty:
             raise UserError('%s is not a Keras CSVLogger file with rows (no epoch column)' % path)
+        _check_numeric(frame, path)
         frames.append((os.path.splitext(os.path.basename(path))[0], frame))
     return frames
+
+
+def _check_numeric(frame, path):
+    """UserError naming the first epoch / loss / accuracy column of a log that holds text
+    (plots and tables compute with them)."""
+    import pandas as pd
+    losses, accs = _metric_columns(frame)
+    for column in ['epoch'] + losses + accs:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values):
+            bad = values[pd.to_numeric(values, errors='coerce').isna() & values.notna()]
+            raise UserError('%s: column %r holds non-numeric values (%r)'
+                            % (path, column, bad.iloc[0] if len(bad) else values.iloc[0]))
 
 
 def _test_accuracy_column(frame):
@@ -275,11 +305,13 @@ def plot_log(csv_paths, out_path=None, show=False):
         ax.set_xlabel('epoch')
         ax.legend(fontsize='small')
     fig.tight_layout()
-    if out_path:
-        fig.savefig(out_path)
-    if show:
-        plt.show()
-    plt.close(fig)
+    try:
+        if out_path:
+            save_figure(fig, out_path)
+        if show:
+            plt.show()
+    finally:
+        plt.close(fig)
 
 
 def results_table(csv_paths):

@@ -5,6 +5,10 @@
 
 In a notebook, WidgetPanel(viewer) puts ipywidgets controls on it (notebooks/perturbation.ipynb).
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import contextlib
 import sys
 
@@ -14,7 +18,7 @@ import capsulenet
 import compat as C
 from h5weights import load_weights_h5
 from safeio import UserError
-from utils import load_mnist
+from utils import load_mnist, save_figure
 
 
 class PerturbationViewer(object):
@@ -260,7 +264,7 @@ def perturb_command(args, options):
                           args.test_samples, **options)
     import matplotlib.pyplot as plt
     if args.out:
-        viewer.figure.savefig(args.out)
+        save_figure(viewer.figure, args.out)
         print('wrote %s' % args.out)
     else:
         plt.show()
