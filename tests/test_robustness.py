@@ -708,9 +708,13 @@ def test_seed_gives_identical_first_epoch_losses(capsys, tmp_path):
     a = first_epoch_losses(capsys, str(tmp_path / 'a'), data_dir, 7)
     b = first_epoch_losses(capsys, str(tmp_path / 'b'), data_dir, 7)
     c = first_epoch_losses(capsys, str(tmp_path / 'c'), data_dir, 8)
+    # keras 2.2.4 (TF 1.x graph mode) has no op-determinism switch: same-seed losses varied by
+    # up to ~0.2 % there, another seed moved them by >= 1.6 % (README, --seed)
+    tol = 0 if C.KERAS3 else 5e-3
+    assert len(a) >= 4
     if C.KERAS3:
-        assert len(a) >= 4 and a == b  # exact: same strings in log.csv
-    else:  # TF 1.x graph mode has no op-determinism switch: close, not bit-identical (README)
-        assert len(a) >= 4 and {k: pytest.approx(float(v), rel=1e-3) for k, v in a.items()} \
+        assert a == b  # exact: same strings in log.csv
+    else:
+        assert {k: pytest.approx(float(v), rel=tol) for k, v in a.items()} \
             == {k: float(v) for k, v in b.items()}
-    assert float(c['loss']) != pytest.approx(float(a['loss']), rel=1e-3)  # another seed
+    assert float(c['loss']) != pytest.approx(float(a['loss']), rel=max(tol, 1e-6))
