@@ -1,5 +1,4 @@
-"""CapsNet (Sabour, Frosst & Hinton 2017) on MNIST, affNIST, MultiMNIST and smallNORB: the
-models, their losses and the CLI.
+"""CapsNet (Sabour, Frosst & Hinton 2017): the models, their losses and the command line.
 
 Usage:
     python capsulenet.py                       # train 50 epochs, routings 3
@@ -10,11 +9,10 @@ Usage:
     python capsulenet.py --dataset multimnist            # §6: two overlapping digits, 36x36
     python capsulenet.py --dataset smallnorb --model efficient --smallnorb_dir data/smallnorb
 
-This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN) and one registry
-of them (MODELS), the losses, test / manipulate / the affNIST report / the Table 1 runner, and
-the command line, whose flags become plain keyword arguments of `run` at `main`. Training
-itself (batches, callbacks, checkpoints) is training.py's. Runs on keras==2.2.4 and on Keras 3
-(TensorFlow, JAX or PyTorch backend; pick it with KERAS_BACKEND). Outputs go to --save_dir.
+This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN), one registry
+of them (MODELS), the losses and the CLI, whose flags become keyword arguments of `run` at
+`main` (outputs go to --save_dir). Data sets: datasets.py; training: training.py; tests and
+reports: evaluation.py; Table 1: reproduce.py. keras==2.2.4 or Keras 3 (KERAS_BACKEND picks).
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
     import safeio
@@ -23,26 +21,23 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 import argparse
 import collections
 import contextlib
-import json
 import math
 import os
-import shutil
 import sys
 
 import numpy as np
 
-import affnist_loader
 import compat as C
-import multimnist
+import datasets
+import evaluation
 import paper
-import smallnorb
+import reproduce
 import training
-import utils
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
-from compat import layers, models, callbacks
+from compat import layers, models
 from data_errors import DataError
 from h5weights import load_weights_h5
-from safeio import UserError, atomic_write, remove_stale_temps
+from safeio import UserError
 
 
 # ---------------------------------------------------------------- models
@@ -289,8 +284,6 @@ EFFICIENT_VARIANTS = {
     'multimnist': dict(conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 2, 2), primary_kernel=5,
                        primary_strides=2),
 }
-# digits per image of a data set (2: one reconstruction and one mask per digit)
-DATASET_DIGITS = {'multimnist': 2}
 
 
 def build_models(model, input_shape, n_class, dataset='mnist', **options):
@@ -300,8 +293,8 @@ def build_models(model, input_shape, n_class, dataset='mnist', **options):
     options = {k: v for k, v in options.items() if k != 'lam_recon'}
     if model == 'efficient':
         options = dict(EFFICIENT_VARIANTS.get(dataset, {}), **options)
-    if MODELS[model].kind == 'capsule' and DATASET_DIGITS.get(dataset, 1) != 1:
-        options['digits'] = DATASET_DIGITS[dataset]
+    if MODELS[model].kind == 'capsule' and datasets.DATASET_DIGITS.get(dataset, 1) != 1:
+        options['digits'] = datasets.DATASET_DIGITS[dataset]
     try:
         return MODELS[model].builder(tuple(input_shape), int(n_class), **options)
     except ValueError as e:
@@ -323,106 +316,7 @@ def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1):
                   metrics={'capsnet': [metric]})
 
 
-# ---------------------------------------------------------------- data
-def mnist(data_dir=None, train_samples=None, test_samples=None):
-    """--dataset mnist: (train, test, None), cut to the first train_samples / test_samples
-    images; x: [N, 28, 28, 1], y: one-hot [N, 10]. None: no extra evaluation set."""
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
-    return ((x_train[:train_samples], y_train[:train_samples]),
-            (x_test[:test_samples], y_test[:test_samples]), None)
-
-
-MULTIMNIST_TEST_SEED = 2017  # fixed: the MultiMNIST test set is the same on every run
-MULTIMNIST_PAIRS = 1
-
-
-# A test set: x [N, H, W, C]; y [N, n_class] (one- or two-hot); masks: the label arrays the
-# training model's decoder masks take ([y], or MultiMNIST's [y_1, y_2], one-hot each);
-# targets: their reconstruction targets ([x], or MultiMNIST's [digit_1, digit_2] alone).
-Split = collections.namedtuple('Split', 'x y masks targets')
-
-
-def as_split(data):
-    """A loader's test set, (x, y) or a Split, as a Split."""
-    if isinstance(data, Split):
-        return data
-    x, y = data
-    return Split(x, y, [y], [x])
-
-
-def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
-                    multimnist_pairs=MULTIMNIST_PAIRS):
-    """--dataset multimnist (§6): (train, test, None) from the MNIST idx files.
-
-    train: the first train_samples MNIST training digits [N, 28, 28, 1], one-hot [N, 10];
-    training.OverlayBatches overlays them afresh each epoch. test: a Split of the fixed seeded
-    set (multimnist.test_set): each of the first test_samples test digits over
-    multimnist_pairs partners of other classes: x [M, 36, 36, 1], y two-hot [M, 10], masks
-    [y_1, y_2] one-hot, targets [digit_1, digit_2] each shifted digit alone [M, 36, 36, 1].
-    """
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
-    images, two_hot, first, second, classes = multimnist.test_set(
-        x_test[:test_samples], y_test[:test_samples], multimnist_pairs, MULTIMNIST_TEST_SEED,
-        with_classes=True)
-    masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
-    test = Split(images, two_hot, masks, [first, second])
-    return (x_train[:train_samples], y_train[:train_samples]), test, None
-
-
-def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):
-    """--dataset smallnorb: (train, test, None) from the binary-matrix files in smallnorb_dir
-    (default data/smallnorb/), prepared as Efficient-CapsNet does (smallnorb.py).
-
-    train: [N, 64, 64, 2] float32 (stereo pair as channels, each channel standardised over
-    the split, resized to 64x64), one-hot [N, 5]; training.CropBatches crops 48x48 at random
-    with random brightness and contrast. test: the centre 48x48 crops [M, 48, 48, 2].
-    Each split is cut to its first *_samples pairs before its statistics are taken.
-    data_dir (MNIST) is not used.
-    """
-    (x_train, y_train), (x_test, y_test) = smallnorb.load_smallnorb(smallnorb_dir)
-    x_train, y_train = x_train[:train_samples], y_train[:train_samples]
-    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
-    return ((smallnorb.prepare(x_train), utils.to_categorical(y_train, smallnorb.N_CLASS)),
-            (smallnorb.center_crop(smallnorb.prepare(x_test)),
-             utils.to_categorical(y_test, smallnorb.N_CLASS)), None)
-
-
-# --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
-# -> (train (x, y), test (x, y) or a Split, extra evaluation set or None)
-DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
-            'multimnist': multimnist_data, 'smallnorb': smallnorb_data}
-DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
-                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',)}
-ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
-
-
-def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
-    """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
-    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's random crops; MNIST shifted
-    up to shift_fraction of its size, or augment='efficient'."""
-    if dataset == 'affnist':
-        return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
-    if dataset == 'multimnist':
-        return training.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
-    if dataset == 'smallnorb':
-        return training.CropBatches(x, y, batch_size, seed=seed, workers=workers)
-    return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
-                                   augment=utils.efficient_augment if augment == 'efficient' else None,
-                                   workers=workers)
-
-
 # ---------------------------------------------------------------- run
-def prepare_save_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
-    if not os.access(path, os.W_OK):
-        raise UserError('--save_dir %s is not writable' % path)
-    for name in remove_stale_temps(path):
-        print('note: removed %s, left by a process that died while writing it' % name)
-
-
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
         resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100,
         lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
@@ -436,19 +330,19 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t, -w or --overwrite')
     spec = MODELS[model]
-    data_options = {k: options.pop(k) for k in DATASET_FLAGS[dataset] if k in options}
-    prepare_save_dir(save_dir)
+    data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
+    training.prepare_save_dir(save_dir)
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)
     C.set_precision(mixed_precision)  # before any model is built
     scope = C.distribution_scope(multi_gpu, batch_size)
     if seed is not None:
         C.set_seed(seed)
-    (x_train, y_train), test_split, extra = DATASETS[dataset](
+    (x_train, y_train), test_split, extra = datasets.DATASETS[dataset](
         data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
-    test_split = as_split(test_split)
+    test_split = datasets.as_split(test_split)
     x_test, y_test = test_split.x, test_split.y
-    digits = DATASET_DIGITS.get(dataset, 1)
+    digits = datasets.DATASET_DIGITS.get(dataset, 1)
     with scope as parallel:
         sizes = model_sizes(model, options)
         with out_of_memory_hint('building --model %s' % model, sizes):
@@ -467,7 +361,8 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                 if weights is None:
                     print('No weights are provided. Will test using random initialized weights.')
                 if manipulate_model is not None and digit < y_test.shape[1]:
-                    manipulate_latent(manipulate_model, x_test, y_test, digit, seed, save_dir)
+                    evaluation.manipulate_latent(manipulate_model, x_test, y_test, digit, seed,
+                                                 save_dir)
                 elif manipulate_model is not None:
                     print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
                           '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
@@ -477,12 +372,12 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                 fitted = parallel(train_model)
                 compile_model(fitted, lr, lam_recon, spec, digits)
                 # the batches depend on (seed, epoch, index); train() restores the epoch
-                batches = training_batches(dataset, x_train, y_train, batch_size, seed, workers,
-                                           shift_fraction, augment)
-                validation = validation_data(spec.kind, test_split)
+                batches = datasets.training_batches(dataset, x_train, y_train, batch_size, seed,
+                                                    workers, shift_fraction, augment)
+                validation = datasets.validation_data(spec.kind, test_split)
                 if spec.kind == 'classifier':
                     batches = training.ClassifierBatches(batches)
-                extra_callbacks = early_stopping_callbacks(spec.monitor, early_stopping,
+                extra_callbacks = training.early_stopping_callbacks(spec.monitor, early_stopping,
                                                            stop_at_val_acc)
                 if debug:
                     extra_callbacks.append(C.tensorboard(
@@ -493,12 +388,13 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                                lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                                spec.monitor, initial_epoch, train_model, keep_checkpoints,
                                extra_callbacks)
-            acc = test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+            acc = evaluation.test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
             if dataset == 'multimnist':
                 print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
                       % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
             if extra is not None:
-                affnist_report(eval_model, model, acc, len(x_test), extra, batch_size, save_dir)
+                evaluation.affnist_report(eval_model, model, spec.kind, acc, len(x_test), extra,
+                                          batch_size, save_dir)
 
 
 def model_sizes(model, options):
@@ -525,162 +421,6 @@ def out_of_memory_hint(doing, sizes):
         raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
 
 
-def validation_data(kind, split):
-    """Keras validation data of a test Split: (x, y) for a classifier, else the training
-    model's ([x] + masks, [y] + reconstruction targets)."""
-    if kind == 'classifier':
-        return split.x, split.y
-    return [split.x] + list(split.masks), [split.y] + list(split.targets)
-
-
-def early_stopping_callbacks(monitor, patience=None, target=None):
-    """EarlyStopping (--early_stopping PATIENCE) and StopAtAccuracy (--stop_at_val_acc) on the
-    log column `monitor` (the validation accuracy: expanded MNIST for --dataset affnist)."""
-    cbs = []
-    if patience is not None:
-        cbs.append(callbacks.EarlyStopping(monitor=monitor, mode='max', patience=patience,
-                                           verbose=1))
-    if target is not None:
-        cbs.append(training.StopAtAccuracy(monitor, target))
-    return cbs
-
-
-# ---------------------------------------------------------------- test / manipulate / report
-def predict(eval_model, kind, x, batch_size):
-    """(class scores [N, n_class], reconstructions: a list of [N, H, W, C], one per digit,
-    or None for a classifier)."""
-    outputs = eval_model.predict(x, batch_size=batch_size)
-    return (outputs, None) if kind == 'classifier' else (outputs[0], list(outputs[1:]))
-
-
-def accuracy_of(scores, y):
-    """Fraction of rows whose highest score is the one-hot y's class; with two-hot y
-    (MultiMNIST), whose two highest scores are its two classes."""
-    if y.sum(axis=1).max() > 1:
-        return multimnist.two_digit_accuracy(y, scores)
-    return float(np.mean(np.argmax(scores, 1) == np.argmax(y, 1)))
-
-
-def test(eval_model, kind, x_test, y_test, batch_size, save_dir):
-    """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png
-    (MultiMNIST: multimnist_recon.png). Returns the accuracy."""
-    y_pred, recons = predict(eval_model, kind, x_test, batch_size)
-    acc = accuracy_of(y_pred, y_test)
-    print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
-    if recons is None:  # the CNN: no reconstructions to show
-        return acc
-    if len(recons) == 2:
-        save_multimnist_recon(x_test, recons, save_dir)
-        return acc
-    n = min(50, len(x_test))
-    shown = [utils.for_display(x_test[:n]), utils.for_display(recons[0][:n])]
-    grid = utils.combine_images(np.concatenate(shown), width=10)
-    path = os.path.join(save_dir, 'real_and_recon.png')
-    utils.save_image(grid, path)
-    print('Reconstructions (real above, reconstructed below) saved to %s' % path)
-    return acc
-
-
-def save_multimnist_recon(x, recons, save_dir, n=20):
-    """multimnist_recon.png (paper Fig. 5 style): each of the first n test images in grey, and
-    beside it the reconstructions from its longest (red) and second longest (green) capsules
-    over a dim copy of it; x, recons[k]: [N, 36, 36, 1]."""
-    n = min(n, len(x))
-    tiles = utils.two_colour_tiles(x[:n], recons[0][:n], recons[1][:n])
-    path = os.path.join(save_dir, 'multimnist_recon.png')
-    utils.save_image(utils.combine_images(tiles, width=10), path)
-    print('MultiMNIST reconstructions (input; longest capsule red, second green) saved to %s'
-          % path)
-
-
-def manipulate_latent(model, x_test, y_test, digit, seed, save_dir):
-    """Writes manipulate-<digit>.png: one row per capsule dimension, columns adding
-    -0.25 .. 0.25 (step 0.05) to that dimension of the digit's capsule (a test image of
-    `digit` picked with `seed`)."""
-    candidates = np.where(y_test[:, digit] == 1)[0]  # MultiMNIST: one of its two digits
-    if len(candidates) == 0:
-        raise UserError('no test image of digit %d in the test set used' % digit)
-    index = candidates[np.random.RandomState(seed).randint(len(candidates))]
-    x, y = x_test[index:index + 1], np.eye(y_test.shape[1], dtype='float32')[[digit]]
-    n_class, dim = C.int_shape(model.inputs[2])[1:]
-    steps = np.linspace(-0.25, 0.25, 11)
-    noise = np.zeros((dim * len(steps), n_class, dim), dtype='float32')
-    for d in range(dim):
-        noise[d * len(steps):(d + 1) * len(steps), :, d] = steps[:, None]
-    n = len(noise)
-    recon = model.predict([np.repeat(x, n, 0), np.repeat(y, n, 0), noise], batch_size=len(steps))
-    path = os.path.join(save_dir, 'manipulate-%d.png' % digit)
-    utils.save_image(utils.combine_images(recon, height=dim), path)
-    print('Manipulated result saved to %s' % path)
-
-
-def affnist_report(eval_model, model, expanded_acc, expanded_images, affnist_set, batch_size,
-                   save_dir):
-    """Tests on affnist_set = (x, y, description) (real, or 'affNIST-style (generated)'),
-    prints it beside the expanded-MNIST accuracy and writes <save_dir>/affnist_results.json."""
-    x, y, description = affnist_set
-    acc = accuracy_of(predict(eval_model, MODELS[model].kind, x, batch_size)[0], y)
-    results = {'model': model, 'expanded_mnist_accuracy': expanded_acc,
-               'expanded_mnist_images': expanded_images,
-               'affnist_accuracy': acc, 'affnist_images': len(x), 'affnist_set': description,
-               'affnist_generated': description == affnist_loader.GENERATED_LABEL,
-               'paper': paper.AFFNIST}
-    path = os.path.join(save_dir, 'affnist_results.json')
-    with atomic_write(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(results, f, indent=2)
-    figures = paper.AFFNIST.get(model, {})
-    print('%-8s expanded MNIST: %.4f   %s: %.4f   (paper %s: %.2f%% / %.0f%%)'
-          % (model, expanded_acc, description, acc, model,
-             100 * figures.get('expanded_mnist', float('nan')),
-             100 * figures.get('affnist', float('nan'))))
-    print('Results saved to %s' % path)
-
-
-# ---------------------------------------------------------------- reproduction
-def _finished(config_dir, epochs):
-    log = os.path.join(config_dir, 'log.csv')
-    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
-        return False
-    with open(log, errors='replace') as f:  # a damaged log: --resume says what is wrong
-        return sum(1 for _ in f) - 1 >= epochs
-
-
-def reproduce_table1(save_dir='./result', epochs=50, weights=None, **options):
-    """Trains the Table 1 configurations (paper.TABLE1) in turn under <save_dir>/table1/<config>/.
-
-    A configuration already trained for `epochs` is skipped, so re-running the command
-    after an interruption picks up at the first unfinished one. Copies each log.csv to
-    <save_dir>/table1/<config>_<E>ep.csv, then writes table1.md (paper vs ours, printed too)
-    and table1.png (test error and loss curves). options: further `run` arguments.
-    """
-    if options.get('model', 'capsnet') != 'capsnet':
-        raise UserError('--reproduce table1 trains --model capsnet')
-    root = os.path.join(save_dir, 'table1')
-    prepare_save_dir(root)
-    logs = []
-    for name, (_, routings, lam_recon, _) in paper.TABLE1.items():
-        config_dir = os.path.join(root, name)
-        if _finished(config_dir, epochs):
-            print('== %s: already trained for %d epochs, skipped' % (name, epochs))
-        else:
-            print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
-            C.clear_session()
-            run(**dict(options, routings=routings, lam_recon=lam_recon, save_dir=config_dir,
-                       epochs=epochs, weights=weights,
-                       resume=weights is None,  # picks up mid-configuration after a crash
-                       overwrite=weights is not None and options.get('overwrite', False)))
-        logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
-        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
-    table = utils.results_table(logs)
-    with atomic_write(os.path.join(root, 'table1.md')) as tmp:
-        with open(tmp, 'w') as f:
-            f.write(table + '\n')
-    utils.plot_log(logs, os.path.join(root, 'table1.png'))
-    print(table)
-    print('Table and curves saved to %s (table1.md, table1.png)' % root)
-
-
 # ---------------------------------------------------------------- CLI
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line (no usage dump) and exits 2."""
@@ -696,8 +436,8 @@ class RecipeParser(OneLineParser):
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
         model, dataset = getattr(namespace, 'model', 'capsnet'), getattr(namespace, 'dataset', 'mnist')
-        allowed = MODELS[model].flags + DATASET_FLAGS[dataset]
-        for flag in MODEL_FLAGS + ALL_DATASET_FLAGS:
+        allowed = MODELS[model].flags + datasets.DATASET_FLAGS[dataset]
+        for flag in MODEL_FLAGS + datasets.ALL_DATASET_FLAGS:
             if getattr(namespace, flag, None) is not None and flag not in allowed:
                 self.error('--%s does not apply to --model %s --dataset %s'
                            % (flag, model, dataset))
@@ -737,7 +477,7 @@ def build_parser():
     p = RecipeParser(description='Capsule Network on MNIST (train, test, manipulate).')
     p.add_argument('--model', default='capsnet', choices=sorted(MODELS),
                    help='which network: capsnet (the paper), efficient (Efficient-CapsNet), cnn (baseline)')
-    p.add_argument('--dataset', default='mnist', choices=sorted(DATASETS),
+    p.add_argument('--dataset', default='mnist', choices=sorted(datasets.DATASETS),
                    help='which data: mnist, affnist (§5.2: translated MNIST, tested on affNIST), '
                         'multimnist (§6: two overlapping digits on 36x36, generated from MNIST) '
                         'or smallnorb (the real files in --smallnorb_dir)')
@@ -810,7 +550,8 @@ def build_parser():
                    help='folder caching the generated affNIST-style set (default data/affnist/)')
     p.add_argument('--multimnist_pairs', default=None, type=_bounded(int, 1), metavar='K',
                    help='--dataset multimnist: overlays per test digit in the fixed test set '
-                        '(default %d: 10,000 test images; the paper used 1,000)' % MULTIMNIST_PAIRS)
+                        '(default %d: 10,000 test images; the paper used 1,000)'
+                        % datasets.MULTIMNIST_PAIRS)
     p.add_argument('--smallnorb_dir', default=None,
                    help='--dataset smallnorb: folder with the six smallnorb-*-{dat,cat,info}.mat '
                         'files (raw or .gz; default data/smallnorb/)')
@@ -837,11 +578,11 @@ def main(argv=None):
     UserError or OSError is one `error:` line and exit code 2."""
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None or k not in
-               MODEL_FLAGS + ALL_DATASET_FLAGS}
-    reproduce = options.pop('reproduce')
+               MODEL_FLAGS + datasets.ALL_DATASET_FLAGS}
+    table = options.pop('reproduce')
     try:
         C.configure_threads()
-        (reproduce_table1 if reproduce == 'table1' else run)(**options)
+        reproduce.reproduce_table1(run, **options) if table == 'table1' else run(**options)
     except (UserError, DataError) as e:
         print('error: %s' % e, file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import sys
 
 import compat as C
 import capsulenet
+import evaluation
 import h5weights
 import utils
 from safeio import UserError, atomic_write
@@ -32,7 +33,7 @@ def accuracies(model, options, weights, x, y):
     h5weights.load_weights_h5(eval_model, weights)
     outputs = eval_model.predict(x, batch_size=100, verbose=0)
     scores = outputs if capsulenet.MODELS[model].kind == 'classifier' else outputs[0]
-    return capsulenet.accuracy_of(scores, y), capsulenet.accuracy_of(scores[:FIRST], y[:FIRST])
+    return evaluation.accuracy_of(scores, y), evaluation.accuracy_of(scores[:FIRST], y[:FIRST])
 
 
 def write_float16(model, options, weights, out):

@@ -2,7 +2,7 @@
 overlaid on a 36x36 canvas, generated on the fly from MNIST arrays. NumPy only.
 
 Training batches are a pure function of (seed, epoch, batch_index), like the shifted MNIST
-batches of capsulenet.ShiftedBatches; the test set is a fixed function of its seed.
+batches of training.ShiftedBatches; the test set is a fixed function of its seed.
 """
 import numpy as np
 

@@ -20,7 +20,7 @@ import smallnorb
 import utils
 from compat import callbacks
 from h5weights import save_weights_h5, load_weights_h5
-from safeio import UserError, atomic_write
+from safeio import UserError, atomic_write, remove_stale_temps
 
 
 # ---------------------------------------------------------------- batches
@@ -155,6 +155,18 @@ class ClassifierBatches(C.Sequence):
 
 
 # ---------------------------------------------------------------- callbacks
+def early_stopping_callbacks(monitor, patience=None, target=None):
+    """EarlyStopping (--early_stopping PATIENCE) and StopAtAccuracy (--stop_at_val_acc) on the
+    log column `monitor` (the validation accuracy: expanded MNIST for --dataset affnist)."""
+    cbs = []
+    if patience is not None:
+        cbs.append(callbacks.EarlyStopping(monitor=monitor, mode='max', patience=patience,
+                                           verbose=1))
+    if target is not None:
+        cbs.append(StopAtAccuracy(monitor, target))
+    return cbs
+
+
 class WeightsCheckpoint(callbacks.Callback):
     """Writes optimizer-{epoch:02d}.npz (optimizer state) then weights-{epoch:02d}.h5 (legacy
     Keras HDF5 layout) after each epoch, both atomically. Writes nothing for an epoch that
@@ -266,6 +278,17 @@ class StopAtAccuracy(callbacks.Callback):
 
 
 # ---------------------------------------------------------------- checkpoints and --resume
+def prepare_save_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
+    if not os.access(path, os.W_OK):
+        raise UserError('--save_dir %s is not writable' % path)
+    for name in remove_stale_temps(path):
+        print('note: removed %s, left by a process that died while writing it' % name)
+
+
 def checkpoints(save_dir):
     """[(epoch, path)] of the weights-XX.h5 files in save_dir, newest first."""
     found = []

@@ -1,0 +1,112 @@
+"""The CLI's data sets: loaders returning (train, test split, extra evaluation set), their
+flags, and their training batches.
+
+A loader takes (data_dir, train_samples, test_samples, **its own flags) and returns
+(train (x, y), test (x, y) or a Split, extra evaluation set or None); DATASETS maps the
+--dataset names to them, DATASET_FLAGS to their own flags, DATASET_DIGITS to the digits per
+image; training_batches gives their training batches, validation_data Keras' validation data.
+"""
+import collections
+
+import affnist_loader
+import multimnist
+import smallnorb
+import training
+import utils
+
+
+def mnist(data_dir=None, train_samples=None, test_samples=None):
+    """--dataset mnist: (train, test, None), cut to the first train_samples / test_samples
+    images; x: [N, 28, 28, 1], y: one-hot [N, 10]. None: no extra evaluation set."""
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    return ((x_train[:train_samples], y_train[:train_samples]),
+            (x_test[:test_samples], y_test[:test_samples]), None)
+
+
+MULTIMNIST_TEST_SEED = 2017  # fixed: the MultiMNIST test set is the same on every run
+MULTIMNIST_PAIRS = 1
+
+
+# A test set: x [N, H, W, C]; y [N, n_class] (one- or two-hot); masks: the label arrays the
+# training model's decoder masks take ([y], or MultiMNIST's [y_1, y_2], one-hot each);
+# targets: their reconstruction targets ([x], or MultiMNIST's [digit_1, digit_2] alone).
+Split = collections.namedtuple('Split', 'x y masks targets')
+
+
+def as_split(data):
+    """A loader's test set, (x, y) or a Split, as a Split."""
+    if isinstance(data, Split):
+        return data
+    x, y = data
+    return Split(x, y, [y], [x])
+
+
+def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
+                    multimnist_pairs=MULTIMNIST_PAIRS):
+    """--dataset multimnist (§6): (train, test, None) from the MNIST idx files.
+
+    train: the first train_samples MNIST training digits [N, 28, 28, 1], one-hot [N, 10];
+    training.OverlayBatches overlays them afresh each epoch. test: a Split of the fixed seeded
+    set (multimnist.test_set): each of the first test_samples test digits over
+    multimnist_pairs partners of other classes: x [M, 36, 36, 1], y two-hot [M, 10], masks
+    [y_1, y_2] one-hot, targets [digit_1, digit_2] each shifted digit alone [M, 36, 36, 1].
+    """
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    images, two_hot, first, second, classes = multimnist.test_set(
+        x_test[:test_samples], y_test[:test_samples], multimnist_pairs, MULTIMNIST_TEST_SEED,
+        with_classes=True)
+    masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
+    test = Split(images, two_hot, masks, [first, second])
+    return (x_train[:train_samples], y_train[:train_samples]), test, None
+
+
+def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):
+    """--dataset smallnorb: (train, test, None) from the binary-matrix files in smallnorb_dir
+    (default data/smallnorb/), prepared as Efficient-CapsNet does (smallnorb.py).
+
+    train: [N, 64, 64, 2] float32 (stereo pair as channels, each channel standardised over
+    the split, resized to 64x64), one-hot [N, 5]; training.CropBatches crops 48x48 at random
+    with random brightness and contrast. test: the centre 48x48 crops [M, 48, 48, 2].
+    Each split is cut to its first *_samples pairs before its statistics are taken.
+    data_dir (MNIST) is not used.
+    """
+    (x_train, y_train), (x_test, y_test) = smallnorb.load_smallnorb(smallnorb_dir)
+    x_train, y_train = x_train[:train_samples], y_train[:train_samples]
+    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
+    return ((smallnorb.prepare(x_train), utils.to_categorical(y_train, smallnorb.N_CLASS)),
+            (smallnorb.center_crop(smallnorb.prepare(x_test)),
+             utils.to_categorical(y_test, smallnorb.N_CLASS)), None)
+
+
+# --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
+# -> (train (x, y), test (x, y) or a Split, extra evaluation set or None)
+DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
+            'multimnist': multimnist_data, 'smallnorb': smallnorb_data}
+DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
+                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',)}
+ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
+# digits per image of a data set (2: one reconstruction and one mask per digit)
+DATASET_DIGITS = {'multimnist': 2}
+
+
+def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
+    """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
+    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's random crops; MNIST shifted
+    up to shift_fraction of its size, or augment='efficient'."""
+    if dataset == 'affnist':
+        return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
+    if dataset == 'multimnist':
+        return training.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
+    if dataset == 'smallnorb':
+        return training.CropBatches(x, y, batch_size, seed=seed, workers=workers)
+    return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
+                                   augment=utils.efficient_augment if augment == 'efficient' else None,
+                                   workers=workers)
+
+
+def validation_data(kind, split):
+    """Keras validation data of a test Split: (x, y) for a classifier, else the training
+    model's ([x] + masks, [y] + reconstruction targets)."""
+    if kind == 'classifier':
+        return split.x, split.y
+    return [split.x] + list(split.masks), [split.y] + list(split.targets)

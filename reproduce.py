@@ -1,0 +1,56 @@
+"""The paper's Table 1 reproduced: `--reproduce table1` trains its CapsNet configurations
+(routings 1/2/3, with and without reconstruction) in turn, resumably, and writes paper vs ours
+(table1.md, table1.png). Training one configuration is capsulenet.run's, passed in.
+"""
+import os
+import shutil
+
+import compat as C
+import paper
+import training
+import utils
+from safeio import UserError, atomic_write
+
+
+def _finished(config_dir, epochs):
+    log = os.path.join(config_dir, 'log.csv')
+    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
+        return False
+    with open(log, errors='replace') as f:  # a damaged log: --resume says what is wrong
+        return sum(1 for _ in f) - 1 >= epochs
+
+
+def reproduce_table1(run, save_dir='./result', epochs=50, weights=None, **options):
+    """Trains the Table 1 configurations (paper.TABLE1) in turn under <save_dir>/table1/<config>/.
+
+    A configuration already trained for `epochs` is skipped, so re-running the command
+    after an interruption picks up at the first unfinished one. Copies each log.csv to
+    <save_dir>/table1/<config>_<E>ep.csv, then writes table1.md (paper vs ours, printed too)
+    and table1.png (test error and loss curves). run: capsulenet.run, which trains one
+    configuration; options: its further arguments.
+    """
+    if options.get('model', 'capsnet') != 'capsnet':
+        raise UserError('--reproduce table1 trains --model capsnet')
+    root = os.path.join(save_dir, 'table1')
+    training.prepare_save_dir(root)
+    logs = []
+    for name, (_, routings, lam_recon, _) in paper.TABLE1.items():
+        config_dir = os.path.join(root, name)
+        if _finished(config_dir, epochs):
+            print('== %s: already trained for %d epochs, skipped' % (name, epochs))
+        else:
+            print('== %s: routings %d, lam_recon %g' % (name, routings, lam_recon))
+            C.clear_session()
+            run(**dict(options, routings=routings, lam_recon=lam_recon, save_dir=config_dir,
+                       epochs=epochs, weights=weights,
+                       resume=weights is None,  # picks up mid-configuration after a crash
+                       overwrite=weights is not None and options.get('overwrite', False)))
+        logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
+        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
+    table = utils.results_table(logs)
+    with atomic_write(os.path.join(root, 'table1.md')) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(table + '\n')
+    utils.plot_log(logs, os.path.join(root, 'table1.png'))
+    print(table)
+    print('Table and curves saved to %s (table1.md, table1.png)' % root)
