@@ -82,6 +82,11 @@ def interrupt_is_one_line():
     def hook(kind, value, traceback):
         if issubclass(kind, KeyboardInterrupt):
             print('error: interrupted', file=sys.stderr)
-            return
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # leave now: a half-imported TensorFlow's threads can stall the interpreter's
+            # shutdown (seen once in CI on keras 2.2.4: no exit within 120 s); nothing is
+            # written yet at start-up
+            os._exit(130)
         sys.__excepthook__(kind, value, traceback)
     sys.excepthook = hook
