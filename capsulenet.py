@@ -331,6 +331,9 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                         'with -t, -w or --overwrite')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
+    task = C.multi_worker_task()  # TF_CONFIG: one of several machines
+    if task is not None and not task.chief and not testing:
+        save_dir = training.worker_save_dir(save_dir, task, resume)
     training.prepare_save_dir(save_dir)
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)

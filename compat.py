@@ -13,8 +13,11 @@ What differs, and how it is settled here:
 (The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's.)
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
+import collections
 import contextlib
+import json
 import os
+import re
 
 import numpy as np
 
@@ -447,15 +450,20 @@ def distribution_scope(n_devices, batch_size):
     the model to compile and fit (the model itself except on keras 2.2.4). Each step's
     batch of batch_size images is split evenly between the devices, gradients are summed.
       TensorFlow: tf.distribute.MirroredStrategy over the GPUs (over logical CPU devices
-        when there is no GPU); MultiWorkerMirroredStrategy when TF_CONFIG is set.
+        when there is no GPU); MultiWorkerMirroredStrategy when TF_CONFIG is set (then a
+        worker that stops ends the others with a UserError, see _lost_workers_as_user_error).
       JAX: keras.distribution.DataParallel over jax.devices()[:n_devices] (on CPU, start
         with XLA_FLAGS=--xla_force_host_platform_device_count=N).
       keras 2.2.4: keras.utils.multi_gpu_model (GPUs only). PyTorch: not supported.
     """
     n_devices = int(n_devices or 0)
-    multi_worker = BACKEND == 'tensorflow' and bool(os.environ.get('TF_CONFIG'))
+    multi_worker = multi_worker_task() is not None
     if n_devices <= 1 and not multi_worker:
         return contextlib.nullcontext(lambda model: model)
+    if multi_worker and not (KERAS3 and BACKEND == 'tensorflow'):
+        raise UserError('TF_CONFIG is set: multi-worker training needs Keras 3 with the '
+                        'tensorflow backend (this is %s %s); unset TF_CONFIG to train alone'
+                        % ('keras' if KERAS3 else 'keras 2.2.4 on', BACKEND))
     if KERAS3 and BACKEND not in ('tensorflow', 'jax'):
         raise UserError('--multi_gpu is not supported on the %s backend (use tensorflow or jax)'
                         % BACKEND)
@@ -474,9 +482,12 @@ def distribution_scope(n_devices, batch_size):
     if BACKEND == 'tensorflow':
         import tensorflow as tf
         if multi_worker:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        else:
-            strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
+            strategy = _multi_worker_strategy()
+            print('Data-parallel training: tf.distribute MultiWorkerMirroredStrategy, %d '
+                  'replicas on %d workers' % (strategy.num_replicas_in_sync,
+                                              strategy.extended._num_workers))
+            return _yielding(_lost_workers_as_user_error(strategy.scope()), lambda model: model)
+        strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
         print('Data-parallel training: tf.distribute %s, %d replicas'
               % (type(strategy).__name__, strategy.num_replicas_in_sync))
         return _yielding(strategy.scope(), lambda model: model)
@@ -500,6 +511,71 @@ def _yielding(scope, value):
         with scope:
             yield value
     return wrapped()
+
+
+# ---------------------------------------------------------------- several machines (TF_CONFIG)
+WorkerTask = collections.namedtuple('WorkerTask', 'type index chief')
+
+
+def multi_worker_task():
+    """This process's task in the cluster that TF_CONFIG describes: WorkerTask(type, index,
+    chief), or None when TF_CONFIG is unset or empty. The chief (the task of type 'chief',
+    else worker 0) is the one that writes --save_dir; TensorFlow's own format:
+    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}."""
+    raw = os.environ.get('TF_CONFIG', '').strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        cluster, task = config['cluster'], config['task']
+        kind, index = task['type'], int(task['index'])
+        cluster[kind][index]  # this task is one of the cluster's
+        if index < 0:
+            raise IndexError('negative index')
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError('TF_CONFIG does not describe this worker in a cluster (%s: %s); '
+                        'expected {"cluster": {"worker": ["host:port", ...]}, "task": '
+                        '{"type": "worker", "index": N}}' % (type(e).__name__, e))
+    chief = kind == 'chief' or ('chief' not in cluster and kind == 'worker' and index == 0)
+    return WorkerTask(kind, index, chief)
+
+
+def _multi_worker_strategy():
+    """tf.distribute.MultiWorkerMirroredStrategy, mended for Keras 3's fit (keras-team/keras
+    #20585, open): fit reduces a nest of per-replica values (its first batch, to build the
+    model) and scalar logs with axis=0, and the strategy refuses both; here each value of a
+    nest is reduced on its own, and a scalar over the replicas only."""
+    import tensorflow as tf
+
+    class MendedStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            reduce_one = super(MendedStrategy, self).reduce
+
+            def one(v):
+                local = (v.values[0] if isinstance(v, tf.distribute.DistributedValues)
+                         else tf.convert_to_tensor(v))
+                return reduce_one(reduce_op, v, None if local.shape.rank == 0 else axis)
+            return tf.nest.map_structure(one, value)
+    return MendedStrategy()
+
+
+@contextlib.contextmanager
+def _lost_workers_as_user_error(scope):
+    """`scope`, where a collective op that fails because another worker stopped (killed,
+    crashed, unreachable: TensorFlow's coordination service notices within seconds) becomes
+    one UserError naming the worker, instead of a page of graph traceback."""
+    import tensorflow as tf
+    try:
+        with scope:
+            yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
+        message = str(getattr(e, 'message', e))
+        where = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+|ipv4:[\d.]+:\d+',
+                                      message)))
+        raise UserError('multi-worker training stopped: %s stopped or cannot be reached '
+                        '(%s); start every worker again with --resume'
+                        % (', '.join(where) or 'another worker', type(e).__name__))
 
 
 # ---------------------------------------------------------------- out of memory

@@ -5,9 +5,12 @@ repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 / optimizer-XX.npz
 (the newest --keep_checkpoints pairs), best_model.h5, trained_model.h5 and log.png at the end.
 Batches depend on (seed, epoch, index) only, so runs are reproducible with any --workers.
 """
+import atexit
 import csv
 import os
 import re
+import shutil
+import tempfile
 import time
 import zipfile
 
@@ -287,6 +290,22 @@ def prepare_save_dir(path):
         raise UserError('--save_dir %s is not writable' % path)
     for name in remove_stale_temps(path):
         print('note: removed %s, left by a process that died while writing it' % name)
+
+
+def worker_save_dir(save_dir, task, resume):
+    """The folder a non-chief worker of a multi-worker run (task: compat.WorkerTask) writes
+    to: a temporary one, removed at exit, so that only the chief writes --save_dir (several
+    writers would tear its files; TensorFlow's advice). With resume it starts as a copy of
+    --save_dir's files, so every worker resumes from the same checkpoint."""
+    temp = tempfile.mkdtemp(prefix='capsnet-%s%d-' % (task.type, task.index))
+    atexit.register(shutil.rmtree, temp, True)
+    if resume and os.path.isdir(save_dir):
+        for name in os.listdir(save_dir):
+            if os.path.isfile(os.path.join(save_dir, name)):
+                shutil.copy2(os.path.join(save_dir, name), temp)
+    print('note: multi-worker run: %s %d writes to the temporary %s; the chief writes '
+          '--save_dir' % (task.type, task.index, temp))
+    return temp
 
 
 def checkpoints(save_dir):
