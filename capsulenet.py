@@ -20,7 +20,6 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 
 import argparse
 import collections
-import contextlib
 import math
 import os
 import sys
@@ -183,7 +182,8 @@ def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192)
     x = layers.Input(shape=tuple(input_shape))
     h = x
     for i, filters in enumerate(channels):
-        h = layers.Conv2D(int(filters), 5, padding='same', activation='relu', name='conv%d' % (i + 1))(h)
+        h = layers.Conv2D(int(filters), 5, padding='same', activation='relu',
+                          name='conv%d' % (i + 1))(h)
         if i < 2:
             h = layers.MaxPooling2D(2, name='pool%d' % (i + 1))(h)
     h = layers.Flatten(name='flatten')(h)
@@ -331,9 +331,8 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                         'with -t, -w or --overwrite')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
-    task = C.multi_worker_task()  # TF_CONFIG: one of several machines
-    if task is not None and not task.chief and not testing:
-        save_dir = training.worker_save_dir(save_dir, task, resume)
+    if not testing:  # TF_CONFIG: one of several machines, not the chief: a folder of its own
+        save_dir = training.worker_save_dir(save_dir, C.multi_worker_task(), resume)
     training.prepare_save_dir(save_dir)
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)
@@ -348,7 +347,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     digits = datasets.DATASET_DIGITS.get(dataset, 1)
     with scope as parallel:
         sizes = model_sizes(model, options)
-        with out_of_memory_hint('building --model %s' % model, sizes):
+        with C.out_of_memory_hint('building --model %s' % model, sizes):
             # the test images give the input shape: training digits / crops may be other sizes
             train_model, eval_model, manipulate_model = build_models(
                 model, x_test.shape[1:], y_test.shape[1], dataset, **options)
@@ -358,7 +357,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                 print('note: %s is a full-model file: loaded its weights only (its model config '
                       'is ignored, nothing in it is executed)' % weights)
             print('Loaded weights from %s' % weights)
-        with out_of_memory_hint('training' if not testing else 'testing',
+        with C.out_of_memory_hint('training' if not testing else 'testing',
                                 ['--batch_size %d' % batch_size] + sizes):
             if testing:
                 if weights is None:
@@ -408,22 +407,6 @@ def model_sizes(model, options):
     return given or ['--%s' % k for k in flags if k in ('conv1_filters', 'primary_channels')]
 
 
-@contextlib.contextmanager
-def out_of_memory_hint(doing, sizes):
-    """Turns the backend's out-of-memory error (compat.out_of_memory) inside the block into
-    one UserError line naming the sizes to lower: a raw one is a long traceback that says
-    which tensor, not which flag."""
-    try:
-        yield
-    except Exception as e:
-        if not C.out_of_memory(e):
-            raise
-        if not sizes:  # --model efficient: its sizes are fixed
-            raise UserError('out of memory while %s: no flag makes it smaller; use a machine '
-                            'with more memory' % doing)
-        raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
-
-
 # ---------------------------------------------------------------- CLI
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line (no usage dump) and exits 2."""
@@ -438,9 +421,11 @@ class RecipeParser(OneLineParser):
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
-        model, dataset = getattr(namespace, 'model', 'capsnet'), getattr(namespace, 'dataset', 'mnist')
-        allowed = MODELS[model].flags + datasets.DATASET_FLAGS[dataset]
-        for flag in MODEL_FLAGS + datasets.ALL_DATASET_FLAGS:
+        model = getattr(namespace, 'model', 'capsnet')
+        dataset = getattr(namespace, 'dataset', 'mnist')
+        allowed = MODELS[model].flags + datasets.DATASET_FLAGS[dataset] + (
+            () if dataset in datasets.OWN_AUGMENTATION else datasets.AUGMENT_FLAGS)
+        for flag in MODEL_FLAGS + datasets.ALL_DATASET_FLAGS + datasets.AUGMENT_FLAGS:
             if getattr(namespace, flag, None) is not None and flag not in allowed:
                 self.error('--%s does not apply to --model %s --dataset %s'
                            % (flag, model, dataset))
@@ -469,7 +454,8 @@ def _bounded(kind, low=None, high=None, low_open=False):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError('%s is not a finite number' % text)
         if low is not None and (value < low or (low_open and value == low)):
-            raise argparse.ArgumentTypeError('%s must be %s %s' % (text, '>' if low_open else '>=', low))
+            raise argparse.ArgumentTypeError('%s must be %s %s'
+                                             % (text, '>' if low_open else '>=', low))
         if high is not None and value > high:
             raise argparse.ArgumentTypeError('%s must be <= %s' % (text, high))
         return value
@@ -479,7 +465,8 @@ def _bounded(kind, low=None, high=None, low_open=False):
 def build_parser():
     p = RecipeParser(description='Capsule Network on MNIST (train, test, manipulate).')
     p.add_argument('--model', default='capsnet', choices=sorted(MODELS),
-                   help='which network: capsnet (the paper), efficient (Efficient-CapsNet), cnn (baseline)')
+                   help='which network: capsnet (the paper), efficient (Efficient-CapsNet), '
+                        'cnn (baseline)')
     p.add_argument('--dataset', default='mnist', choices=sorted(datasets.DATASETS),
                    help='which data: mnist, affnist (§5.2: translated MNIST, tested on affNIST), '
                         'multimnist (§6: two overlapping digits on 36x36, generated from MNIST) '
@@ -503,8 +490,8 @@ def build_parser():
                                      'lam_recon'))
     p.add_argument('-r', '--routings', default=None, type=_bounded(int, 1),
                    help='routing iterations (>= 1; default 3), --model capsnet')
-    p.add_argument('--shift_fraction', default=0.1, type=_bounded(float, 0, 0.5),
-                   help='max random shift as a fraction of the image size (0.1 -> 2 px)')
+    p.add_argument('--shift_fraction', default=None, type=_bounded(float, 0, 0.5),
+                   help='max random shift as a fraction of the image size (default 0.1 -> 2 px)')
     p.add_argument('--debug', action='store_true', help='write TensorBoard logs')
     p.add_argument('--save_dir', default='./result', help='where weights, logs and figures go')
     p.add_argument('-t', '--testing', action='store_true',
@@ -548,7 +535,8 @@ def build_parser():
     p.add_argument('--affnist_dir', default=None,
                    help='real affNIST files for --dataset affnist: a folder (test_batches/, '
                         'test_batches.zip, test.mat ...), one .mat or a downloaded .zip; without '
-                        'it (and with no files in data/affnist/) a generated affNIST-style set is used')
+                        'it (and with no files in data/affnist/) a generated affNIST-style set '
+                        'is used')
     p.add_argument('--affnist_cache', default=None,
                    help='folder caching the generated affNIST-style set (default data/affnist/)')
     p.add_argument('--multimnist_pairs', default=None, type=_bounded(int, 1), metavar='K',
@@ -581,7 +569,7 @@ def main(argv=None):
     UserError or OSError is one `error:` line and exit code 2."""
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None or k not in
-               MODEL_FLAGS + datasets.ALL_DATASET_FLAGS}
+               MODEL_FLAGS + datasets.ALL_DATASET_FLAGS + datasets.AUGMENT_FLAGS}
     table = options.pop('reproduce')
     try:
         C.configure_threads()

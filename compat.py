@@ -471,7 +471,6 @@ def distribution_scope(n_devices, batch_size):
         raise UserError('--batch_size %d is not divisible by --multi_gpu %d'
                         % (batch_size, n_devices))
     if not KERAS3:
-        import tensorflow as tf
         gpus = [d for d in _K.get_session().list_devices() if 'GPU' in d.device_type]
         if len(gpus) < n_devices:
             raise UserError('--multi_gpu %d on keras 2.2.4 needs %d GPUs (multi_gpu_model), '
@@ -610,6 +609,22 @@ def out_of_memory_error(message):
         import torch
         return torch.OutOfMemoryError(message)
     return MemoryError(message)
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(doing, sizes):
+    """Turns the backend's out-of-memory error (out_of_memory) inside the block into
+    one UserError line naming the sizes to lower: a raw one is a long traceback that says
+    which tensor, not which flag."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        if not sizes:  # --model efficient: its sizes are fixed
+            raise UserError('out of memory while %s: no flag makes it smaller; use a machine '
+                            'with more memory' % doing)
+        raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
 
 
 # ---------------------------------------------------------------- CPU threads

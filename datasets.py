@@ -85,6 +85,9 @@ DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
 DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
                  'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',)}
 ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
+# training augmentation flags: MNIST's only (the others' batches bring their own, see below)
+AUGMENT_FLAGS = ('augment', 'shift_fraction')
+OWN_AUGMENTATION = ('affnist', 'multimnist', 'smallnorb')
 # digits per image of a data set (2: one reconstruction and one mask per digit)
 DATASET_DIGITS = {'multimnist': 2}
 

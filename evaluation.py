@@ -16,10 +16,10 @@ import utils
 from safeio import UserError, atomic_write
 
 
-def predict(eval_model, kind, x, batch_size):
+def predict(eval_model, kind, x, batch_size, quiet=False):
     """(class scores [N, n_class], reconstructions: a list of [N, H, W, C], one per digit,
-    or None for a classifier)."""
-    outputs = eval_model.predict(x, batch_size=batch_size)
+    or None for a classifier). quiet: no progress bar (else the Keras version's default)."""
+    outputs = eval_model.predict(x, batch_size=batch_size, **({'verbose': 0} if quiet else {}))
     return (outputs, None) if kind == 'classifier' else (outputs[0], list(outputs[1:]))
 
 

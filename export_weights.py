@@ -5,7 +5,7 @@
 
 Loads the float32 checkpoint into the model, measures its MNIST test accuracy (all 10,000
 images and the first 500), writes the weights as float16 (half the file; every stack loads
-it into float32 variables), reloads that file into a fresh model and measures again, and
+it into float32 variables), loads that file back into the same model and measures again, and
 records both in pretrained/manifest.json, which tests/test_pretrained.py holds the shipped
 files to. Options given with --option key=value (e.g. routings=3) size the model.
 """
@@ -25,23 +25,24 @@ from safeio import UserError, atomic_write
 FIRST = 500  # the test images a CI test classifies with the shipped file
 
 
-def accuracies(model, options, weights, x, y):
-    """(accuracy on all of x, on its first FIRST images) of `model` with `weights` loaded;
-    x: [N, 28, 28, 1], y: one-hot [N, 10]."""
+def load_models(model, options, weights):
+    """(train_model, eval_model) of `model` sized by options for MNIST, `weights` loaded."""
     C.clear_session()
-    _, eval_model, _ = capsulenet.build_models(model, x.shape[1:], y.shape[1], **options)
-    h5weights.load_weights_h5(eval_model, weights)
-    outputs = eval_model.predict(x, batch_size=100, verbose=0)
-    scores = outputs if capsulenet.MODELS[model].kind == 'classifier' else outputs[0]
+    train_model, eval_model, _ = capsulenet.build_models(model, (28, 28, 1), 10, **options)
+    h5weights.load_weights_h5(train_model, weights)
+    return train_model, eval_model
+
+
+def scored(eval_model, kind, x, y):
+    """(accuracy on all of x, on its first FIRST images); x: [N, 28, 28, 1], y: one-hot
+    [N, 10]; kind: the model's MODELS kind."""
+    scores, _ = evaluation.predict(eval_model, kind, x, batch_size=100, quiet=True)
     return evaluation.accuracy_of(scores, y), evaluation.accuracy_of(scores[:FIRST], y[:FIRST])
 
 
-def write_float16(model, options, weights, out):
-    """Copies `weights` (any stored type) to `out` as float16, through the model's layers."""
-    C.clear_session()
-    train_model, _, _ = capsulenet.build_models(model, (28, 28, 1), 10, **options)
-    h5weights.load_weights_h5(train_model, weights)
-    h5weights.save_weights_h5(train_model, out, dtype='float16')
+def accuracies(model, options, weights, x, y):
+    """scored() of a fresh `model` with the weights file `weights` loaded."""
+    return scored(load_models(model, options, weights)[1], capsulenet.MODELS[model].kind, x, y)
 
 
 def log_summary(log_path):
@@ -74,9 +75,12 @@ def export(model, weights, out, options=None, log=None, data_dir=None, note=None
     """The whole export; returns the manifest entry written for `out`."""
     options = dict(options or {})
     (_, _), (x_test, y_test) = utils.load_mnist(data_dir)
-    f32_all, f32_first = accuracies(model, options, weights, x_test, y_test)
-    write_float16(model, options, weights, out)
-    f16_all, f16_first = accuracies(model, options, out, x_test, y_test)
+    kind = capsulenet.MODELS[model].kind
+    train_model, eval_model = load_models(model, options, weights)
+    f32_all, f32_first = scored(eval_model, kind, x_test, y_test)
+    h5weights.save_weights_h5(train_model, out, dtype='float16')
+    h5weights.load_weights_h5(train_model, out)  # float16 file -> the same float32 variables
+    f16_all, f16_first = scored(eval_model, kind, x_test, y_test)
     entry = {'model': model, 'options': options, 'dtype': 'float16',
              'bytes': os.path.getsize(out), 'sha256': sha256(out),
              'float32_test_accuracy': f32_all, 'float32_first%d_accuracy' % FIRST: f32_first,

@@ -293,10 +293,13 @@ def prepare_save_dir(path):
 
 
 def worker_save_dir(save_dir, task, resume):
-    """The folder a non-chief worker of a multi-worker run (task: compat.WorkerTask) writes
-    to: a temporary one, removed at exit, so that only the chief writes --save_dir (several
-    writers would tear its files; TensorFlow's advice). With resume it starts as a copy of
-    --save_dir's files, so every worker resumes from the same checkpoint."""
+    """The folder this process writes: save_dir, unless it is a non-chief worker of a
+    multi-worker run (task: compat.WorkerTask, None when alone). Such a worker writes to a
+    temporary folder, removed at exit, so that only the chief writes --save_dir (several
+    writers would tear its files; TensorFlow's advice); with resume the folder starts as a
+    copy of --save_dir's files, so every worker resumes from the same checkpoint."""
+    if task is None or task.chief:
+        return save_dir
     temp = tempfile.mkdtemp(prefix='capsnet-%s%d-' % (task.type, task.index))
     atexit.register(shutil.rmtree, temp, True)
     if resume and os.path.isdir(save_dir):

@@ -61,7 +61,12 @@ def test_help_lists_flags(capsys):
 def test_flags_of_another_model_are_one_line(capsys, tmp_path):
     for argv, flag in [(['--model', 'efficient', '--routings', '2'], '--routings'),
                        (['--model', 'cnn', '--primary_channels', '4'], '--primary_channels'),
-                       (['--affnist_dir', str(tmp_path)], '--affnist_dir')]:
+                       (['--affnist_dir', str(tmp_path)], '--affnist_dir'),
+                       # their batches bring their own augmentation
+                       (['--dataset', 'multimnist', '--shift_fraction', '0.05'],
+                        '--shift_fraction'),
+                       (['--dataset', 'smallnorb', '--augment', 'shift'], '--augment'),
+                       (['--dataset', 'affnist', '--augment', 'efficient'], '--augment')]:
         code, out, err = run_main(capsys, '--save_dir', str(tmp_path / 'out'), *argv)
         assert_one_error_line(code, err, flag)
         assert code == 2 and not (tmp_path / 'out').exists()
