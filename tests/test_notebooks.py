@@ -18,6 +18,7 @@ FOLDER = os.path.join(ROOT, 'notebooks')
 # 2-core CPU), not asserted: timings move with the machine's load. LIMIT_S per cell only
 # turns a hung kernel into a failure.
 LIMIT_S = 600
+POLL_S = 1.0  # see polling_client
 
 
 def needs(module):
@@ -52,6 +53,35 @@ def notebook_out(tmp_path_factory):
     return str(tmp_path_factory.mktemp('notebooks'))
 
 
+def polling_client(nbclient):
+    """nbclient.NotebookClient whose wait for a cell's reply polls the shell socket every
+    POLL_S seconds instead of once for the whole per-cell timeout. The one long poll
+    sometimes sleeps through a reply that has arrived when the cell drives ipywidgets
+    (jupyter/nbclient#312, open): here perturbation.ipynb once took 608 s (the 600 s timeout
+    plus its usual ~25 s of work) and once sat idle for over 10 minutes (kernel and client
+    both waiting), in 2 of 8 runs."""
+    from queue import Empty
+
+    class PollingClient(nbclient.NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super(PollingClient, self).async_start_new_kernel_client()
+            channel = kc.shell_channel
+            get_msg = channel.get_msg
+
+            async def polling_get_msg(timeout=None):
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while True:
+                    left = POLL_S if deadline is None else deadline - time.monotonic()
+                    try:
+                        return await get_msg(timeout=max(0., min(POLL_S, left)))
+                    except Empty:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise
+            channel.get_msg = polling_get_msg
+            return kc
+    return PollingClient
+
+
 @pytest.mark.parametrize('name', NOTEBOOKS)
 def test_notebook_runs(name, notebook_out, monkeypatch):
     nbformat = needs('nbformat')
@@ -62,8 +92,8 @@ def test_notebook_runs(name, notebook_out, monkeypatch):
     monkeypatch.setenv('CAPSNET_NOTEBOOK_OUT', notebook_out)
     monkeypatch.setenv('MPLBACKEND', 'Agg')
     notebook = nbformat.read(os.path.join(FOLDER, name), as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=LIMIT_S, kernel_name='python3',
-                                     resources={'metadata': {'path': FOLDER}})
+    client = polling_client(nbclient)(notebook, timeout=LIMIT_S, kernel_name='python3',
+                                      resources={'metadata': {'path': FOLDER}})
     start, cpu = time.time(), _children_cpu()
     client.execute()  # a failing cell raises CellExecutionError, naming the cell
     elapsed = time.time() - start
