@@ -331,13 +331,14 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                         'with -t, -w or --overwrite')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
-    if not testing:  # TF_CONFIG: one of several machines, not the chief: a folder of its own
-        save_dir = training.worker_save_dir(save_dir, C.multi_worker_task(), resume)
+    worker = C.multi_worker_task()  # TF_CONFIG: one of several machines
+    if not testing:  # not the chief: a folder of its own
+        save_dir = training.worker_save_dir(save_dir, worker, resume)
     training.prepare_save_dir(save_dir)
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)
     C.set_precision(mixed_precision)  # before any model is built
-    scope = C.distribution_scope(multi_gpu, batch_size)
+    scope = C.distribution_scope(multi_gpu, batch_size, worker)
     if seed is not None:
         C.set_seed(seed)
     (x_train, y_train), test_split, extra = datasets.DATASETS[dataset](

@@ -443,8 +443,9 @@ def _tf_devices(n_devices):
     return [d.name for d in cpus[:n_devices]]
 
 
-def distribution_scope(n_devices, batch_size):
-    """Context manager for data-parallel training on n_devices devices (0 or 1: none).
+def distribution_scope(n_devices, batch_size, worker=None):
+    """Context manager for data-parallel training on n_devices devices (0 or 1: none), or on
+    every worker of a TF_CONFIG cluster (worker: this process's multi_worker_task()).
 
     Build, compile, train and evaluate the model inside it; it yields `parallel(model)`,
     the model to compile and fit (the model itself except on keras 2.2.4). Each step's
@@ -457,7 +458,7 @@ def distribution_scope(n_devices, batch_size):
       keras 2.2.4: keras.utils.multi_gpu_model (GPUs only). PyTorch: not supported.
     """
     n_devices = int(n_devices or 0)
-    multi_worker = multi_worker_task() is not None
+    multi_worker = worker is not None
     if n_devices <= 1 and not multi_worker:
         return contextlib.nullcontext(lambda model: model)
     if multi_worker and not (KERAS3 and BACKEND == 'tensorflow'):
@@ -483,9 +484,8 @@ def distribution_scope(n_devices, batch_size):
         if multi_worker:
             strategy = _multi_worker_strategy()
             print('Data-parallel training: tf.distribute MultiWorkerMirroredStrategy, %d '
-                  'replicas on %d workers' % (strategy.num_replicas_in_sync,
-                                              strategy.extended._num_workers))
-            return _yielding(_lost_workers_as_user_error(strategy.scope()), lambda model: model)
+                  'replicas on %d workers' % (strategy.num_replicas_in_sync, worker.workers))
+            return _lost_workers_as_user_error(strategy.scope(), lambda model: model)
         strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
         print('Data-parallel training: tf.distribute %s, %d replicas'
               % (type(strategy).__name__, strategy.num_replicas_in_sync))
@@ -513,13 +513,14 @@ def _yielding(scope, value):
 
 
 # ---------------------------------------------------------------- several machines (TF_CONFIG)
-WorkerTask = collections.namedtuple('WorkerTask', 'type index chief')
+WorkerTask = collections.namedtuple('WorkerTask', 'type index chief workers')
 
 
 def multi_worker_task():
     """This process's task in the cluster that TF_CONFIG describes: WorkerTask(type, index,
-    chief), or None when TF_CONFIG is unset or empty. The chief (the task of type 'chief',
-    else worker 0) is the one that writes --save_dir; TensorFlow's own format:
+    chief, workers: how many chief and worker tasks the cluster has), or None when TF_CONFIG
+    is unset or empty. The chief (the task of type 'chief', else worker 0) is the one that
+    writes --save_dir; TensorFlow's own format:
     {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}."""
     raw = os.environ.get('TF_CONFIG', '').strip()
     if not raw:
@@ -531,12 +532,13 @@ def multi_worker_task():
         cluster[kind][index]  # this task is one of the cluster's
         if index < 0:
             raise IndexError('negative index')
+        workers = sum(len(cluster.get(k, ())) for k in ('chief', 'worker'))
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise UserError('TF_CONFIG does not describe this worker in a cluster (%s: %s); '
                         'expected {"cluster": {"worker": ["host:port", ...]}, "task": '
                         '{"type": "worker", "index": N}}' % (type(e).__name__, e))
     chief = kind == 'chief' or ('chief' not in cluster and kind == 'worker' and index == 0)
-    return WorkerTask(kind, index, chief)
+    return WorkerTask(kind, index, chief, workers)
 
 
 def _multi_worker_strategy():
@@ -559,14 +561,14 @@ def _multi_worker_strategy():
 
 
 @contextlib.contextmanager
-def _lost_workers_as_user_error(scope):
-    """`scope`, where a collective op that fails because another worker stopped (killed,
+def _lost_workers_as_user_error(scope, value):
+    """`scope` (entering it gives `value`), where a collective op that fails because another worker stopped (killed,
     crashed, unreachable: TensorFlow's coordination service notices within seconds) becomes
     one UserError naming the worker, instead of a page of graph traceback."""
     import tensorflow as tf
     try:
         with scope:
-            yield
+            yield value
     except (tf.errors.UnavailableError, tf.errors.AbortedError,
             tf.errors.DeadlineExceededError, tf.errors.CancelledError) as e:
         message = str(getattr(e, 'message', e))

@@ -665,6 +665,10 @@ def test_out_of_memory_names_the_size_to_lower(capsys, monkeypatch, tmp_path, da
 # TensorFlow): deterministic, unlike a timer, and on every stack (site start-up aside).
 INTERRUPTED_START = """
 import os, runpy, signal, sys
+# Ctrl-C as a shell delivers it: a child inherits an ignored SIGINT from its parent (one
+# pytest-xdist run of this test timed out: the run trained on), and Python then installs no
+# KeyboardInterrupt handler
+signal.signal(signal.SIGINT, signal.default_int_handler)
 class Interrupt(object):
     def find_spec(self, name, path=None, target=None):
         if name == 'compat':
