@@ -8,9 +8,10 @@ from helpers import accuracy_from, assert_image, assert_one_error_line, cli, run
 
 pytestmark = pytest.mark.end_to_end
 
-# a narrow CapsNet (64 conv1 filters, 8 primary channels) so the run fits in CI
-QUICK = ['--conv1_filters', '64', '--primary_channels', '8', '--batch_size', '50',
-         '--train_samples', '10000', '--test_samples', '1000', '--seed', '1']
+# a tiny CapsNet (16 conv1 filters, 4 primary channels) at 3x the paper's learning rate: one
+# epoch on 10,000 images gave 95.1 % (seed 1, Keras 3 + TensorFlow)
+QUICK = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50',
+         '--lr', '0.003', '--train_samples', '10000', '--test_samples', '1000', '--seed', '1']
 
 
 @pytest.fixture(scope='module')
