@@ -46,15 +46,18 @@ Sequence = keras.utils.Sequence if not KERAS3 else keras.utils.PyDataset
 
 # ---------------------------------------------------------------- tensor ops
 # One signature each, whichever Keras is underneath.
+_lib = _ops if KERAS3 else _K  # keras.ops and keras 2.2.4's backend share these names
+sqrt, square, exp, relu = _lib.sqrt, _lib.square, _lib.exp, _lib.relu
+reshape, expand_dims, zeros_like, cast = _lib.reshape, _lib.expand_dims, _lib.zeros_like, _lib.cast
+argmax, equal, one_hot = _lib.argmax, _lib.equal, _lib.one_hot
+reduce_max, reduce_min = _lib.max, _lib.min
+
+
+def reduce_sum(x, axis=None, keepdims=False):
+    return _lib.sum(x, axis=axis, keepdims=keepdims)
+
+
 if KERAS3:
-    def reduce_sum(x, axis=None, keepdims=False):
-        return _ops.sum(x, axis=axis, keepdims=keepdims)
-
-    sqrt, square, exp, relu = _ops.sqrt, _ops.square, _ops.exp, _ops.relu
-    reshape, expand_dims, zeros_like, cast = _ops.reshape, _ops.expand_dims, _ops.zeros_like, _ops.cast
-    argmax, equal, one_hot = _ops.argmax, _ops.equal, _ops.one_hot
-    reduce_max, reduce_min = _ops.max, _ops.min
-
     def transpose(x, perm):
         return _ops.transpose(x, perm)
 
@@ -64,16 +67,7 @@ if KERAS3:
     def floatx():
         return keras.backend.floatx()
 else:
-    def reduce_sum(x, axis=None, keepdims=False):
-        return _K.sum(x, axis=axis, keepdims=keepdims)
-
-    sqrt, square, exp, relu = _K.sqrt, _K.square, _K.exp, _K.relu
-    reshape, expand_dims, zeros_like, cast = _K.reshape, _K.expand_dims, _K.zeros_like, _K.cast
-    argmax, equal, one_hot = _K.argmax, _K.equal, _K.one_hot
-    reduce_max, reduce_min = _K.max, _K.min
-    transpose, softmax = _K.permute_dimensions, _K.softmax
-
-    floatx = _K.floatx
+    transpose, softmax, floatx = _K.permute_dimensions, _K.softmax, _K.floatx
 
 
 def batch_dot(x, y, axes):

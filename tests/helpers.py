@@ -14,6 +14,13 @@ from conftest import ROOT
 # tiny CapsNets: architecture flags for the CLI and the same as CapsNet keyword arguments
 TINY_FLAGS = ['--conv1_filters', '16', '--primary_channels', '4']
 TINY = dict(conv1_filters=16, primary_channels=4)
+# smaller CapsNets (keyword arguments) for tests that build a model and need no CLI training:
+# SMALL for graph and weights checks, MINI for the viewer (16 capsule dimensions, the default),
+# NANO where only the layers' dtypes or the file format matter
+SMALL = dict(conv1_filters=16, primary_channels=4, primary_dim=4, digit_dim=8,
+             decoder_units=(32, 64))
+MINI = dict(conv1_filters=8, primary_channels=2, primary_dim=4, decoder_units=(16, 32))
+NANO = dict(conv1_filters=8, primary_channels=2, decoder_units=(8, 8))
 
 
 def run_python(*args, timeout=900, **env):

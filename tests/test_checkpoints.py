@@ -14,7 +14,7 @@ import capsulenet
 import helpers
 import training
 
-TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50', '--seed', '0']
+TINY = helpers.TINY_FLAGS + ['--batch_size', '50', '--seed', '0']
 
 
 def train(capsys, *argv):
@@ -36,8 +36,7 @@ def digest(path):
 
 def tiny_model():
     C.clear_session()
-    return capsulenet.CapsNet((28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2,
-                              decoder_units=(8, 8))[0]
+    return capsulenet.CapsNet((28, 28, 1), 10, 1, **helpers.NANO)[0]
 
 
 @pytest.fixture(scope='module')

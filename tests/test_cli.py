@@ -4,14 +4,15 @@ import os
 
 import pytest
 
+import helpers
 from helpers import accuracy_from, assert_image, assert_one_error_line, cli, run_main
 
 pytestmark = pytest.mark.end_to_end
 
 # a tiny CapsNet (16 conv1 filters, 4 primary channels) at 3x the paper's learning rate: one
 # epoch on 10,000 images gave 95.1 % (seed 1, Keras 3 + TensorFlow)
-QUICK = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50',
-         '--lr', '0.003', '--train_samples', '10000', '--test_samples', '1000', '--seed', '1']
+QUICK = helpers.TINY_FLAGS + ['--batch_size', '50', '--lr', '0.003', '--train_samples', '10000',
+                              '--test_samples', '1000', '--seed', '1']
 
 
 @pytest.fixture(scope='module')

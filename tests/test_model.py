@@ -5,11 +5,10 @@ import pytest
 import compat as C
 import h5weights  # noqa: E402
 from capsulenet import CapsNet, compile_model
+from helpers import SMALL
 
 pytestmark = pytest.mark.stack
 
-SMALL = dict(conv1_filters=16, primary_channels=4, primary_dim=4, digit_dim=8,
-             decoder_units=(32, 64))
 
 
 @pytest.fixture(scope='module')

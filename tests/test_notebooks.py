@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import helpers
 from conftest import ROOT
 
 pytestmark = pytest.mark.notebooks
@@ -113,9 +114,7 @@ def test_widget_panel_drives_the_viewer():
     import compat as C
     import viewer as V
     C.clear_session()
-    _, eval_model, manipulate_model = capsulenet.CapsNet(
-        (28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2, primary_dim=4,
-        decoder_units=(16, 32))
+    _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **helpers.MINI)
     images = np.random.RandomState(0).rand(3, 28, 28, 1).astype('float32')
     panel = V.WidgetPanel(V.PerturbationViewer(eval_model, manipulate_model, images))
     view = panel.viewer

@@ -9,19 +9,17 @@ import compat as C  # noqa: E402
 import h5weights  # noqa: E402
 import capsulenet  # noqa: E402
 import viewer as V  # noqa: E402
-from helpers import run_script  # noqa: E402
+from helpers import MINI, run_script  # noqa: E402
 
 pytestmark = pytest.mark.stack
 
-TINY = dict(conv1_filters=8, primary_channels=2, primary_dim=4, digit_dim=16,
-            decoder_units=(16, 32))
 
 
 @pytest.fixture(scope='module')
 def viewer():
     C.clear_session()
     C.set_seed(0)
-    _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **TINY)
+    _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **MINI)
     images = np.random.RandomState(0).rand(4, 28, 28, 1).astype('float32')
     return V.PerturbationViewer(eval_model, manipulate_model, images, index=1)
 

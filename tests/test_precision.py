@@ -23,8 +23,7 @@ def precision():
 def tiny_capsnet(name='off'):
     C.clear_session()  # Keras 3 resets the global policy here: set it after
     C.set_precision(name)
-    return capsulenet.CapsNet((28, 28, 1), 10, 2, conv1_filters=8, primary_channels=2,
-                              decoder_units=(8, 8))
+    return capsulenet.CapsNet((28, 28, 1), 10, 2, **helpers.NANO)
 
 
 @keras3_only

@@ -2,10 +2,11 @@
 import os
 
 import utils
+import helpers
 from helpers import run_main
 
-TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--digit_dim', '8',
-        '--batch_size', '50', '--train_samples', '200', '--test_samples', '100', '--seed', '0']
+TINY = helpers.TINY_FLAGS + ['--digit_dim', '8', '--batch_size', '50', '--train_samples', '200',
+                             '--test_samples', '100', '--seed', '0']
 
 
 def write_log(path, val_accs):

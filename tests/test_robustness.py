@@ -35,7 +35,7 @@ from helpers import assert_one_error_line, idx_bytes, run_main, run_script
 
 pytestmark = pytest.mark.end_to_end
 
-TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '50']
+TINY = helpers.TINY_FLAGS + ['--batch_size', '50']
 NAMES = {key: names[0] + '.gz' for key, names in utils.MNIST_FILES.items()}
 
 
@@ -65,7 +65,7 @@ def log_epochs(save_dir):
 
 def tiny_model(**arch):
     C.clear_session()
-    kwargs = dict(conv1_filters=16, primary_channels=4)
+    kwargs = dict(helpers.TINY)
     kwargs.update(arch)
     model, _, _ = capsulenet.CapsNet((28, 28, 1), 10, 3, **kwargs)
     return model

@@ -8,8 +8,7 @@ import h5weights  # noqa: E402
 import capsulenet
 import helpers
 
-TINY = ['--conv1_filters', '16', '--primary_channels', '4', '--batch_size', '25', '--seed', '0',
-        '--epochs', '2']
+TINY = helpers.TINY_FLAGS + ['--batch_size', '25', '--seed', '0', '--epochs', '2']
 
 
 def test_workers_give_the_same_weights(tmp_path):
@@ -21,7 +20,7 @@ def test_workers_give_the_same_weights(tmp_path):
         C.clear_session()
         assert capsulenet.main(TINY + ['--workers', str(workers), '--data_dir', data_dir,
                                        '--save_dir', save_dir]) == 0
-        model = capsulenet.CapsNet((28, 28, 1), 10, 3, conv1_filters=16, primary_channels=4)[0]
+        model = capsulenet.CapsNet((28, 28, 1), 10, 3, **helpers.TINY)[0]
         h5weights.load_weights_h5(model, os.path.join(save_dir, 'trained_model.h5'))
         weights.append(model.get_weights())
     for a, b in zip(*weights):
