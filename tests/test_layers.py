@@ -129,23 +129,32 @@ def np_conv(x, w, strides):
     return out
 
 
-def np_conv_input_gradient(x, w, strides):
-    """d sum(conv(x, w)) / dx: each input pixel gets the kernel taps (summed over filters)
-    of every output that reads it."""
+def np_conv_gradients(x, w, strides, g=None):
+    """d sum(g * conv(x, w)) / dx and / dw (g: the upstream gradient, ones if None): each
+    input pixel gets the kernel taps, weighted by g, of every output that reads it; each tap
+    the input pixels it reads, weighted by g."""
     (s0, s1), (k0, k1) = strides, w.shape[:2]
-    grad, taps = np.zeros_like(x), w.sum(-1)
-    for p in range((x.shape[1] - k0) // s0 + 1):
-        for q in range((x.shape[2] - k1) // s1 + 1):
-            grad[:, s0 * p:s0 * p + k0, s1 * q:s1 * q + k1] += taps
-    return grad
+    out = ((x.shape[1] - k0) // s0 + 1, (x.shape[2] - k1) // s1 + 1)
+    g = np.ones((x.shape[0],) + out + (w.shape[3],), 'float32') if g is None else g
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for p in range(out[0]):
+        for q in range(out[1]):
+            rows, cols = slice(s0 * p, s0 * p + k0), slice(s1 * q, s1 * q + k1)
+            dx[:, rows, cols] += np.einsum('ijcf,bf->bijc', w, g[:, p, q])
+            dw += np.einsum('bijc,bf->ijcf', x[:, rows, cols], g[:, p, q])
+    return dx, dw
 
 
-@pytest.mark.parametrize('size, kernel, strides', [
+STRIDED = pytest.mark.parametrize('size, kernel, strides', [
     ((20, 20), (9, 9), (2, 2)),   # the primary capsules' shapes (smaller channels)
     ((7, 9), (3, 3), (2, 2)),     # odd sizes: the last rows are not read
     ((11, 12), (5, 4), (2, 3)),   # unequal strides, a kernel already a stride multiple
     ((6, 6), (2, 2), (2, 2)),     # kernel == stride
+    ((7, 7), (1, 2), (3, 2)),     # kernel smaller than the stride: rows no tap reads
 ])
+
+
+@STRIDED
 def test_patches_conv_equals_the_strided_conv(size, kernel, strides):
     rng = np.random.RandomState(0)
     x = rng.randn(2, size[0], size[1], 3).astype('float32')
@@ -153,7 +162,29 @@ def test_patches_conv_equals_the_strided_conv(size, kernel, strides):
     got = C.evaluate(lambda a, b: C.patches_conv(a, b, strides), x, w)
     np.testing.assert_allclose(got, np_conv(x, w, strides), rtol=1e-4, atol=1e-4)
     grad = C.gradient_of_sum(lambda a: C.patches_conv(a, _const(w), strides), x)
-    np.testing.assert_allclose(grad, np_conv_input_gradient(x, w, strides), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad, np_conv_gradients(x, w, strides)[0], rtol=1e-4, atol=1e-4)
+
+
+@STRIDED
+@pytest.mark.skipif(not (C.KERAS3 and C.BACKEND == 'tensorflow'), reason='TensorFlow path')
+def test_folded_input_gradient_equals_the_strided_conv(size, kernel, strides):
+    """TensorFlow's CPU path: tf.nn.conv2d with _fold_taps as input gradient, against NumPy,
+    with an upstream gradient that differs per output (a misplaced tap cannot hide)."""
+    import tensorflow as tf
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, size[0], size[1], 3).astype('float32')
+    w = rng.randn(kernel[0], kernel[1], 3, 4).astype('float32')
+    xt, wt = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, wt])
+        y = C._tf_strided_conv(xt, wt, strides)
+        g = rng.randn(*y.shape).astype('float32')
+        total = tf.reduce_sum(y * g)
+    dx, dw = tape.gradient(total, [xt, wt])
+    np.testing.assert_allclose(y.numpy(), np_conv(x, w, strides), rtol=1e-4, atol=1e-4)
+    want_dx, want_dw = np_conv_gradients(x, w, strides, g)
+    np.testing.assert_allclose(dx.numpy(), want_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw.numpy(), want_dw, rtol=1e-4, atol=1e-4)
 
 
 def _const(array):
@@ -165,7 +196,8 @@ def _const(array):
 
 
 def test_primary_capsule_conv_layer_equals_plain_conv2d():
-    """C.Conv2D (patches_conv on JAX/CPU) and keras' Conv2D give the same outputs and the same
+    """C.Conv2D (patches_conv on JAX/CPU, the folded input gradient on TensorFlow/CPU) and
+    keras' Conv2D give the same outputs and the same
     weights layout; on JAX this exercises the rewritten path inside a model."""
     rng = np.random.RandomState(1)
     x = rng.rand(3, 20, 20, 8).astype('float32')
