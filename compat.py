@@ -24,8 +24,42 @@ import numpy as np
 # TensorFlow's C++ log lines, before TensorFlow is imported (a user's own value wins). 3, not
 # 2: with --seed (op determinism) TF 2.21's tf.data logs a harmless ERROR line, NodeDef
 # `use_unbounded_threadpool`, preceded by absl's 'All log messages before absl::InitializeLog()'.
+_QUIET = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-import keras  # noqa: E402
+# absl's informational lines from before its InitializeLog, written to fd 2 whatever the level
+_EARLY_CHATTER = re.compile(r'^(WARNING: All log messages before absl::InitializeLog\(\)'
+                            r'|[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] )')
+
+
+@contextlib.contextmanager
+def _without_early_chatter(quiet):
+    """While TensorFlow loads (inside `import keras`), fd 2 goes to a temporary file; then its
+    lines go to stderr less absl's early informational ones ('oneDNN custom operations are
+    on', twice, on CPUs where oneDNN is on by default: TF_CPP_MIN_LOG_LEVEL does not reach
+    them). Errors and everything else are kept; quiet=False (a level the user set): as is."""
+    if not quiet:
+        yield
+        return
+    import sys
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode='w+b') as early:
+        os.dup2(early.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            early.seek(0)
+            lines = early.read().decode('utf-8', 'replace').splitlines(True)
+            sys.stderr.write(''.join(l for l in lines if not _EARLY_CHATTER.match(l)))
+            sys.stderr.flush()
+
+
+with _without_early_chatter(_QUIET):
+    import keras  # noqa: E402
 
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
 KERAS3 = KERAS_VERSION >= (3, 0)
