@@ -45,7 +45,7 @@ nvidia-smi -L > "$OUT/device.txt" 2>&1
 python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
   | tee -a "$OUT/device.txt"
 
-bring_back() {  # run folder, name: its log, stdout and best weights (split) into $OUT
+bring_back() {  # run folder, name: its log and best weights (split, sha256) into $OUT
   local dir="$1" name="$2"
   cp "$dir/log.csv" "$OUT/${name}_log.csv" 2>/dev/null
   [ -f "$dir/best_model.h5" ] && split -b 15M -d "$dir/best_model.h5" "$OUT/${name}_best.h5.part-"
