@@ -453,6 +453,15 @@ def _tf_strided_conv(x, kernel, strides):
     return conv(x, tf.convert_to_tensor(kernel))
 
 
+# TensorFlow's 'fold' path pays only on wide convolutions: forward + both gradients, one thread,
+# stride 2, tf.function: 9x9x256x256 on [100, 20, 20, 256] 1,600 ms fold vs 1,621 plain (2 threads:
+# 453 vs 538 ms); 9x9x128x128 342 vs 341 ms; 9x9x64x64 122 vs 88 ms; Efficient-CapsNet's
+# 3x3x64x128 on [16, 20, 20, 64] 10.1 vs 9.1 ms; and its 81 per-tap products add ~0.7-1 s to
+# every trace (what the tests' tiny models pay per training run). So: input x output channels
+# of at least this many
+FOLD_MIN_CHANNELS = 128 * 256
+
+
 def _strided_path():
     """Which rewrite of strided 'valid' convolutions this backend trains faster with: 'patches'
     (JAX on the CPU), 'fold' (TensorFlow on the CPU), or None (the plain op: GPUs, torch)."""
@@ -467,8 +476,8 @@ def _strided_path():
 
 class Conv2D(layers.Conv2D):
     """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
-    and with `_fold_taps` as input gradient on TensorFlow on the CPU (elsewhere, GPUs
-    included, it is the plain layer). Same weights ([k, k, C, F] kernel, bias), same class
+    and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on
+    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F] kernel, bias), same class
     name, so weights files written with either class load into both."""
 
     def convolution_op(self, inputs, kernel):
@@ -478,7 +487,7 @@ class Conv2D(layers.Conv2D):
             path = _strided_path()
             if path == 'patches':
                 return patches_conv(inputs, kernel, tuple(self.strides))
-            if path == 'fold':
+            if path == 'fold' and int_shape(kernel)[2] * int_shape(kernel)[3] >= FOLD_MIN_CHANNELS:
                 return _tf_strided_conv(inputs, kernel, tuple(self.strides))
         return super(Conv2D, self).convolution_op(inputs, kernel)
 
