@@ -119,7 +119,7 @@ def kill_after_first_checkpoint(tmp_path, argv, shared, killed):
 
 
 @needs_tf
-def test_killed_worker_then_resume_trains_as_one_process(tmp_path, data_dir):
+def test_killed_worker_then_resume_trains_as_one_process(capsys, tmp_path, data_dir):
     # worker 1 killed after the first checkpoint, both resumed to epoch 2: the log is the
     # one-process run's on the same global batch
     shared = str(tmp_path / 'shared')  # both workers get it: only the chief may write it
@@ -135,8 +135,9 @@ def test_killed_worker_then_resume_trains_as_one_process(tmp_path, data_dir):
     assert len(temp) == 1 and 'writes to the temporary' not in chief_out
     temp = temp[0].split('temporary ')[1].split(';')[0]
     assert temp.startswith(str(tmp_path)) and not os.path.exists(temp)  # removed at exit
-    code, out, err = helpers.cli(*(FLAGS + ['--epochs', '2', '--data_dir', data_dir,
-                                            '--save_dir', str(tmp_path / 'alone')]))
+    # the one-process run of the same flags, in this process (no TF_CONFIG here)
+    code, out, err = helpers.run_main(capsys, *(FLAGS + ['--epochs', '2', '--data_dir', data_dir,
+                                                         '--save_dir', str(tmp_path / 'alone')]))
     assert code == 0, err
     epochs, multi = log_columns(os.path.join(shared, 'log.csv'))
     assert epochs == [0, 1]  # one writer: each epoch's row once
