@@ -1,5 +1,5 @@
 """Shared set-up: repo root (ROOT) on sys.path, quiet TensorFlow, headless matplotlib, JAX's
-compilation cache.
+compilation cache, the slowest test files collected first.
 
 The test markers (stack, train_cli, backend_state, end_to_end) are registered in pytest.ini;
 .ci/run picks tests by them."""
@@ -26,3 +26,19 @@ import pytest  # noqa: E402
 @pytest.fixture
 def repo_root():
     return ROOT
+
+
+# The test files that take longest (Keras 3 + TensorFlow, 2-core CPU, pytest --durations:
+# multi-worker ~127 s, robustness ~113 s, notebooks ~88 s, multi-device ~67 s, checkpoints and
+# the CLI ~58 s each; most others < 40 s), in that order. Collected first, they are the first
+# files pytest-xdist hands out (.ci/run: --dist loadfile --no-loadscope-reorder), so the two
+# processes do not end with one long file running alone.
+SLOW_FIRST = ('test_multiworker.py', 'test_robustness.py', 'test_notebooks.py',
+              'test_multidevice.py', 'test_checkpoints.py', 'test_cli.py')
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+    items.sort(key=rank)  # stable: each file's tests keep their order

@@ -59,14 +59,6 @@ def test_keep_checkpoints_keeps_the_newest_pairs_and_resumes(capsys, tmp_path, d
         assert [int(r['epoch']) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5]
 
 
-def test_keep_checkpoints_0_keeps_all(capsys, tmp_path, data_dir):
-    save_dir = str(tmp_path / 'run')
-    train(capsys, '--epochs', '3', '--keep_checkpoints', '0', '--data_dir', data_dir,
-          '--save_dir', save_dir)
-    assert [n for n in files(save_dir) if n.startswith('weights-')] == \
-        ['weights-01.h5', 'weights-02.h5', 'weights-03.h5']
-
-
 def test_prune_leaves_later_epochs_alone(tmp_path):
     for epoch in (1, 2, 3, 7):
         for name in ('weights-%02d.h5', 'optimizer-%02d.npz'):
@@ -93,9 +85,11 @@ def test_best_weights_follow_the_best_epoch(tmp_path):
     assert best.best == pytest.approx(0.7)
 
 
-def test_resume_keeps_an_earlier_better_best_model(capsys, tmp_path, data_dir):
+def test_resume_keeps_an_earlier_better_best_model_and_keep_0_keeps_all(capsys, tmp_path,
+                                                                        data_dir):
     save_dir = str(tmp_path / 'run')
-    train(capsys, '--epochs', '1', '--data_dir', data_dir, '--save_dir', save_dir)
+    keep_all = ['--keep_checkpoints', '0', '--data_dir', data_dir, '--save_dir', save_dir]
+    train(capsys, '--epochs', '1', *keep_all)
     log = os.path.join(save_dir, 'log.csv')
     with open(log) as f:
         rows = list(csv.DictReader(f))
@@ -105,8 +99,11 @@ def test_resume_keeps_an_earlier_better_best_model(capsys, tmp_path, data_dir):
         writer.writeheader()
         writer.writerows(rows)
     before = digest(os.path.join(save_dir, 'best_model.h5'))
-    train(capsys, '--epochs', '3', '--resume', '--data_dir', data_dir, '--save_dir', save_dir)
+    train(capsys, '--epochs', '3', '--resume', *keep_all)
     assert digest(os.path.join(save_dir, 'best_model.h5')) == before
+    assert [n for n in files(save_dir) if n.startswith(('weights-', 'optimizer-'))] == \
+        ['optimizer-01.npz', 'optimizer-02.npz', 'optimizer-03.npz',
+         'weights-01.h5', 'weights-02.h5', 'weights-03.h5']
 
 
 def test_float16_file_loads_into_float32_variables(tmp_path):
