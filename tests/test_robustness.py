@@ -188,7 +188,7 @@ def test_seed_fixes_the_run_and_resume_exactly_continues_it(capsys, tmp_path, da
     # shifts) are the uninterrupted seed-0 run's, and another seed gives other losses
     whole = _losses_and_weights(capsys, str(tmp_path / 'whole'), data_dir, '--epochs', '2')
     resumed = _losses_and_weights(capsys, save_dir, data_dir, '--epochs', '2', '--resume')
-    other = _losses_and_weights(capsys, str(tmp_path / 'other'), data_dir, '--epochs', '1',
+    other = _losses_and_weights(capsys, str(tmp_path / 'other'), data_dir, '--epochs', '2',
                                 seed=1)
     assert len(whole[0]) == 2 and len(whole[0][0]) >= 4
     if C.KERAS3:  # bit-identical: the same strings in log.csv, the same weights
@@ -205,9 +205,14 @@ def test_seed_fixes_the_run_and_resume_exactly_continues_it(capsys, tmp_path, da
         # 4 steps of slightly different gradients can leave weights up to ~8e-3 apart
         for a, b in zip(resumed[1], whole[1]):
             np.testing.assert_allclose(a, b, atol=1e-2)
-    # another seed moved the first-epoch loss by >= 1.6 % on keras 2.2.4 (measured)
-    tol = 1e-6 if C.KERAS3 else 5e-3
-    assert _losses(other[0][0])['loss'] != pytest.approx(_losses(whole[0][0])['loss'], rel=tol)
+    # another seed: other initial weights (Glorot limits ~0.07 here), far beyond the 1e-2 a
+    # same-seed keras 2.2.4 run may drift; the losses of these 2-step epochs hardly depend on
+    # them (capsule lengths start near 0: on keras 2.2.4 seeds 0 and 1 gave epoch-1 losses
+    # 4e-6 apart), so they are compared exactly on Keras 3 only
+    assert max(np.abs(a - b).max() for a, b in zip(other[1], whole[1])) > 5e-2
+    if C.KERAS3:
+        assert _losses(other[0][0])['loss'] != pytest.approx(_losses(whole[0][0])['loss'],
+                                                              rel=1e-6)
 
 
 # ---------------------------------------------------------------- NaN
