@@ -214,3 +214,19 @@ def test_primary_capsule_conv_layer_equals_plain_conv2d(monkeypatch):
         outputs.append(model.predict(x, batch_size=3))
     assert outputs[0].shape == (3, 6, 6, 16)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not (C.KERAS3 and C.BACKEND == 'tensorflow'), reason='TensorFlow path')
+@pytest.mark.parametrize('channels, filters, folded', [(256, 256, True), (128, 256, True),
+                                                       (128, 128, False), (16, 32, False)])
+def test_tf_folds_only_wide_strided_convolutions(monkeypatch, channels, filters, folded):
+    """The paper's primary-capsule convolution (256 -> 256 channels) takes the per-tap input
+    gradient; narrow ones (the tests' tiny models, Efficient-CapsNet) the plain op."""
+    calls = []
+    plain = C._tf_strided_conv
+    monkeypatch.setattr(C, '_tf_strided_conv', lambda *a: calls.append(1) or plain(*a))
+    monkeypatch.setattr(C, '_strided_path', lambda: 'fold')  # as on a CPU-only machine
+    C.clear_session()
+    layer = C.Conv2D(filters, 9, strides=2, padding='valid')
+    out = layer(np.zeros((1, 9, 9, channels), 'float32'))
+    assert tuple(out.shape) == (1, 1, 1, filters) and bool(calls) is folded
