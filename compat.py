@@ -477,8 +477,8 @@ def _strided_path():
 class Conv2D(layers.Conv2D):
     """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
     and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on
-    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F] kernel, bias), same class
-    name, so weights files written with either class load into both."""
+    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
+    kernel, bias), same class name, so weights files written with either class load into both."""
 
     def convolution_op(self, inputs, kernel):
         if (tuple(self.strides) != (1, 1) and self.padding == 'valid'
@@ -487,7 +487,8 @@ class Conv2D(layers.Conv2D):
             path = _strided_path()
             if path == 'patches':
                 return patches_conv(inputs, kernel, tuple(self.strides))
-            if path == 'fold' and int_shape(kernel)[2] * int_shape(kernel)[3] >= FOLD_MIN_CHANNELS:
+            channels, filters = int_shape(kernel)[2:]
+            if path == 'fold' and channels * filters >= FOLD_MIN_CHANNELS:
                 return _tf_strided_conv(inputs, kernel, tuple(self.strides))
         return super(Conv2D, self).convolution_op(inputs, kernel)
 

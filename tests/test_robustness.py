@@ -185,7 +185,7 @@ def _losses(row):
 @pytest.mark.backend_state
 def test_seed_fixes_the_run_and_resume_exactly_continues_it(capsys, tmp_path, data_dir, save_dir):
     # save_dir: the one-epoch run of `trained` (seed 0); resumed, its epoch-2 batches (order and
-    # shifts) are the uninterrupted seed-0 run's, and another seed gives other losses
+    # shifts) are the uninterrupted seed-0 run's, and another seed gives another run
     whole = _losses_and_weights(capsys, str(tmp_path / 'whole'), data_dir, '--epochs', '2')
     resumed = _losses_and_weights(capsys, save_dir, data_dir, '--epochs', '2', '--resume')
     other = _losses_and_weights(capsys, str(tmp_path / 'other'), data_dir, '--epochs', '2',
