@@ -96,7 +96,38 @@ class Mask(CapsuleMath):
         return (shape[0], shape[1] * shape[2])
 
 
-class CapsuleLayer(CapsuleMath):
+class CapsuleToCapsule(CapsuleMath):
+    """Base of the fully connected capsule layers (CapsuleLayer, FCCaps).
+
+    inputs: [batch, input_num_capsule, input_dim_capsule]
+    output: [batch, num_capsule, dim_capsule]
+    Subclasses create their weights in add_capsule_weights(), once the input sizes are known.
+    """
+
+    def __init__(self, num_capsule, dim_capsule, **kwargs):
+        super(CapsuleToCapsule, self).__init__(**kwargs)
+        self.num_capsule = int(num_capsule)
+        self.dim_capsule = int(dim_capsule)
+
+    def build(self, input_shape):
+        self.input_num_capsule = int(input_shape[1])
+        self.input_dim_capsule = int(input_shape[2])
+        self.add_capsule_weights()
+        super(CapsuleToCapsule, self).build(input_shape)
+
+    def add_capsule_weights(self):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsule, self.dim_capsule)
+
+    def get_config(self):
+        config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule}
+        base = super(CapsuleToCapsule, self).get_config()
+        return dict(list(base.items()) + list(config.items()))
+
+
+class CapsuleLayer(CapsuleToCapsule):
     """Fully connected capsule layer with dynamic routing (Procedure 1).
 
     inputs: [batch, input_num_capsule, input_dim_capsule]
@@ -107,22 +138,17 @@ class CapsuleLayer(CapsuleMath):
     """
 
     def __init__(self, num_capsule, dim_capsule, routings=3, **kwargs):
-        super(CapsuleLayer, self).__init__(**kwargs)
+        super(CapsuleLayer, self).__init__(num_capsule, dim_capsule, **kwargs)
         if int(routings) < 1:
             raise ValueError('routings must be >= 1, got %r' % (routings,))
-        self.num_capsule = int(num_capsule)
-        self.dim_capsule = int(dim_capsule)
         self.routings = int(routings)
 
-    def build(self, input_shape):
-        self.input_num_capsule = int(input_shape[1])
-        self.input_dim_capsule = int(input_shape[2])
+    def add_capsule_weights(self):
         self.W = self.add_weight(
             name='W',
             shape=(self.num_capsule, self.input_num_capsule, self.dim_capsule,
                    self.input_dim_capsule),
             initializer='glorot_uniform')
-        super(CapsuleLayer, self).build(input_shape)
 
     def predictions(self, inputs):
         """Prediction vectors u_hat[j|i] = W[j, i] u[i]: [batch, num_capsule, in_num, dim].
@@ -158,14 +184,10 @@ class CapsuleLayer(CapsuleMath):
     def call(self, inputs, training=None):
         return self.route(self.predictions(inputs))
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_capsule, self.dim_capsule)
-
     def get_config(self):
-        config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule,
-                  'routings': self.routings}
-        base = super(CapsuleLayer, self).get_config()
-        return dict(list(base.items()) + list(config.items()))
+        config = super(CapsuleLayer, self).get_config()
+        config['routings'] = self.routings
+        return config
 
 
 def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
@@ -221,7 +243,7 @@ def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, strides=1, name='pri
     return EfficientSquash(name=name + '_squash')(outputs)
 
 
-class FCCaps(CapsuleMath):
+class FCCaps(CapsuleToCapsule):
     """Fully connected capsules with self-attention routing (Efficient-CapsNet).
 
     inputs u: [batch, input_num_capsule (i), input_dim_capsule]
@@ -234,21 +256,13 @@ class FCCaps(CapsuleMath):
     v_j = efficient_squash(s_j). One step, no iterations.
     """
 
-    def __init__(self, num_capsule, dim_capsule, **kwargs):
-        super(FCCaps, self).__init__(**kwargs)
-        self.num_capsule = int(num_capsule)
-        self.dim_capsule = int(dim_capsule)
-
-    def build(self, input_shape):
-        self.input_num_capsule = int(input_shape[1])
-        self.input_dim_capsule = int(input_shape[2])
+    def add_capsule_weights(self):
         self.W = self.add_weight(
             name='W', shape=(self.num_capsule, self.input_num_capsule,
                              self.input_dim_capsule, self.dim_capsule),
             initializer='he_normal')
         self.b = self.add_weight(name='b', shape=(self.num_capsule, self.input_num_capsule, 1),
                                  initializer='zeros')
-        super(FCCaps, self).build(input_shape)
 
     def call(self, inputs, training=None):
         u_hat = C.einsum('bil,jild->bjid', inputs, self.W)          # [batch, j, i, d]
@@ -258,11 +272,3 @@ class FCCaps(CapsuleMath):
         c = C.softmax(logits / float(np.sqrt(self.dim_capsule)), axis=1)
         s = C.reduce_sum(u_hat * (c + self.b), axis=2)              # [batch, j, d]
         return efficient_squash(s)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_capsule, self.dim_capsule)
-
-    def get_config(self):
-        config = {'num_capsule': self.num_capsule, 'dim_capsule': self.dim_capsule}
-        base = super(FCCaps, self).get_config()
-        return dict(list(base.items()) + list(config.items()))
