@@ -26,7 +26,7 @@ NANO = dict(conv1_filters=8, primary_channels=2, decoder_units=(8, 8))
 def run_python(*args, timeout=900, **env):
     """Runs `python args...` in the repo root -> CompletedProcess (text output). env: extra
     environment variables; one set to None is removed."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg', **env)
+    env = dict(dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', MPLBACKEND='Agg'), **env)
     env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run([sys.executable] + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, env=env, universal_newlines=True,
@@ -36,12 +36,6 @@ def run_python(*args, timeout=900, **env):
 def run_script(script, *args, timeout=900, **env):
     """Runs `python <script> args...` (script relative to the repo root), as run_python."""
     return run_python(os.path.join(ROOT, script), *args, timeout=timeout, **env)
-
-
-def cli(*args, timeout=900):
-    """Runs `python capsulenet.py args...` in a subprocess: (exit code, stdout, stderr)."""
-    proc = run_script('capsulenet.py', *args, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def run_main(capsys, *argv, main=None):
