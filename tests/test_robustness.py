@@ -31,7 +31,7 @@ import datasets
 import utils
 import helpers
 import training
-from helpers import assert_one_error_line, idx_bytes, run_main, run_script
+from helpers import assert_one_error_line, idx_bytes, run_main
 
 pytestmark = pytest.mark.end_to_end
 
@@ -700,13 +700,3 @@ def test_sigint_during_start_up_is_one_line(tmp_path):
                                 '--save_dir', str(tmp_path / 'out'), timeout=120)
     assert_one_error_line(result.returncode, result.stderr, 'interrupted')
     assert not (tmp_path / 'out').exists()
-
-
-def test_end_to_end_bad_weights_no_traceback(tmp_path, data_dir):
-    path = str(tmp_path / 'junk.h5')
-    _not_hdf5(path, None)
-    result = run_script('capsulenet.py', '-t', '-w', path, '--data_dir', data_dir,
-                        '--save_dir', str(tmp_path / 'out'), *TINY, timeout=300)
-    assert result.returncode == 2
-    assert 'Traceback' not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith('error: not a readable HDF5')
