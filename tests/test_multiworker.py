@@ -1,7 +1,7 @@
 """Multi-worker training (TF_CONFIG, MultiWorkerMirroredStrategy) on 127.0.0.1 only: two worker
 processes train as one process does on the same global batch, only the chief writes
---save_dir, a worker or the chief killed mid-run ends the other with one error line within
-seconds, and --resume on every worker continues. Other stacks refuse TF_CONFIG in one line."""
+--save_dir, a worker killed mid-run ends the other with one error line within seconds, and
+--resume on every worker continues. Other stacks refuse TF_CONFIG in one line."""
 import json
 import os
 import signal
@@ -15,7 +15,6 @@ import pytest
 
 import compat as C
 import helpers
-import training
 from conftest import ROOT
 
 KERAS3_TF = C.KERAS3 and C.BACKEND == 'tensorflow'
@@ -50,7 +49,6 @@ def start_workers(tmp_path, name, argv):
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=tf_config(ports, index), TF_CPP_MIN_LOG_LEVEL='3',
                    MPLBACKEND='Agg', CAPSNET_THREADS='1', KERAS_BACKEND='tensorflow',
-                   PYTHONUNBUFFERED='1',  # a killed worker's output so far is in its file
                    TMPDIR=str(tmp_path))  # a killed worker's temporary folder stays in there
         out = open(str(tmp_path / ('%s-w%d.out' % (name, index))), 'w')
         err = open(str(tmp_path / ('%s-w%d.err' % (name, index))), 'w')
@@ -79,12 +77,11 @@ def wait_all(procs, limit_s=LIMIT_S):
                 p.kill()
 
 
-def wait_for(ready, procs, limit_s=LIMIT_S):
-    """Polls ready() until it is true; fails after limit_s s or when a worker has ended."""
+def wait_for(path, procs, limit_s=LIMIT_S):
     deadline = time.time() + limit_s
-    while not ready():
-        assert time.time() < deadline, 'not ready after %d s' % limit_s
-        assert all(p.poll() is None for p in procs), 'a worker ended before it was ready'
+    while not os.path.exists(path):
+        assert time.time() < deadline, 'no %s after %d s' % (path, limit_s)
+        assert all(p.poll() is None for p in procs), 'a worker ended before %s' % path
         time.sleep(0.2)
 
 
@@ -94,14 +91,6 @@ def log_columns(path):
     return log['epoch'].tolist(), {c: log[c].to_numpy() for c in COLUMNS}
 
 
-def log_rows(path):
-    """How many epochs log.csv has recorded (0 before it exists)."""
-    if not os.path.isfile(path):
-        return 0
-    with open(path) as f:
-        return max(0, sum(1 for line in f if line.endswith('\n')) - 1)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     path = str(tmp_path / 'mnist')
@@ -109,39 +98,38 @@ def data_dir(tmp_path):
     return path
 
 
-def kill_one(tmp_path, name, procs, killed, shared):
-    """SIGKILLs worker `killed` of procs; checks that the other ends within 120 s with one
-    error line naming it and telling to --resume, and that the newest checkpoint the chief
-    had written is still there. -> the survivor's stdout."""
-    newest = training.latest_checkpoint(shared)
-    procs[killed].send_signal(signal.SIGKILL)
+def kill_after_first_checkpoint(tmp_path, argv, shared, killed):
+    """Starts two workers on argv + --epochs 100, SIGKILLs worker `killed` once the chief
+    has written weights-01.h5, and checks that the other ends within 120 s with one error
+    line naming it, the checkpoint kept. -> the survivor's stdout."""
+    procs = start_workers(tmp_path, 'kill', argv + ['--epochs', '100'])
+    try:
+        wait_for(os.path.join(shared, 'weights-01.h5'), procs)
+    finally:
+        procs[killed].send_signal(signal.SIGKILL)
     survivor = 1 - killed
     started = time.time()
     code = wait_all([procs[survivor]], limit_s=120)[0]
     assert time.time() - started < 120
-    out, err = output(tmp_path, name, survivor)
+    out, err = output(tmp_path, 'kill', survivor)
     helpers.assert_one_error_line(code, err, 'multi-worker training stopped')
     assert 'task:%d' % killed in err and '--resume' in err
-    assert os.path.isfile(newest[1])  # nothing written is lost
+    assert os.path.isfile(os.path.join(shared, 'weights-01.h5'))  # nothing written is lost
     return out
 
 
 @needs_tf
-def test_killed_workers_end_the_other_and_resume_trains_as_one_process(capsys, tmp_path,
-                                                                       data_dir):
-    # worker 1 killed after the first checkpoint; both resumed, the chief killed once epoch 2
-    # is logged: the log of epochs 1-2 is the one-process run's on the same global batch
+def test_killed_worker_then_resume_trains_as_one_process(capsys, tmp_path, data_dir):
+    # worker 1 killed after the first checkpoint, both resumed to epoch 2: the log is the
+    # one-process run's on the same global batch
     shared = str(tmp_path / 'shared')  # both workers get it: only the chief may write it
-    log = os.path.join(shared, 'log.csv')
-    argv = FLAGS + ['--data_dir', data_dir, '--save_dir', shared, '--epochs', '100']
-    procs = start_workers(tmp_path, 'kill', argv)
-    wait_for(lambda: training.latest_checkpoint(shared) is not None, procs)
-    chief_out = kill_one(tmp_path, 'kill', procs, 1, shared)
+    argv = FLAGS + ['--data_dir', data_dir, '--save_dir', shared]
+    chief_out = kill_after_first_checkpoint(tmp_path, argv, shared, killed=1)
     assert '2 replicas on 2 workers' in chief_out
-    procs = start_workers(tmp_path, 'resume', argv + ['--resume'])
-    wait_for(lambda: log_rows(log) >= 2, procs)
-    worker_out = kill_one(tmp_path, 'resume', procs, 0, shared)
+    procs = start_workers(tmp_path, 'resume', argv + ['--epochs', '2', '--resume'])
+    assert wait_all(procs) == [0, 0], [output(tmp_path, 'resume', i)[1] for i in range(2)]
     chief_out, _ = output(tmp_path, 'resume', 0)
+    worker_out, _ = output(tmp_path, 'resume', 1)
     assert 'Resuming after epoch 1' in chief_out and 'Resuming after epoch 1' in worker_out
     temp = [l for l in worker_out.splitlines() if 'writes to the temporary' in l]
     assert len(temp) == 1 and 'writes to the temporary' not in chief_out
@@ -151,8 +139,8 @@ def test_killed_workers_end_the_other_and_resume_trains_as_one_process(capsys, t
     code, out, err = helpers.run_main(capsys, *(FLAGS + ['--epochs', '2', '--data_dir', data_dir,
                                                          '--save_dir', str(tmp_path / 'alone')]))
     assert code == 0, err
-    epochs, multi = log_columns(log)
-    assert epochs[:2] == [0, 1] and len(set(epochs)) == len(epochs)  # one writer: one row each
+    epochs, multi = log_columns(os.path.join(shared, 'log.csv'))
+    assert epochs == [0, 1]  # one writer: each epoch's row once
     _, alone = log_columns(str(tmp_path / 'alone' / 'log.csv'))
     for column in COLUMNS:
         # the collective sums are not bit-exact run to run, and training on random labels
@@ -160,6 +148,13 @@ def test_killed_workers_end_the_other_and_resume_trains_as_one_process(capsys, t
         # <= 8.7e-3 (measured), so epoch 0 is the tight check
         np.testing.assert_allclose(multi[column][0], alone[column][0], rtol=1e-3, err_msg=column)
         np.testing.assert_allclose(multi[column][1], alone[column][1], rtol=2e-2, err_msg=column)
+
+
+@needs_tf
+def test_killed_chief_ends_the_worker_with_one_line(tmp_path, data_dir):
+    shared = str(tmp_path / 'shared')
+    kill_after_first_checkpoint(tmp_path, FLAGS + ['--data_dir', data_dir, '--save_dir', shared],
+                                shared, killed=0)
 
 
 @pytest.mark.parametrize('config, chief, workers', [
