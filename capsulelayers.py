@@ -171,14 +171,22 @@ class CapsuleLayer(CapsuleToCapsule):
         """
         n_in, n_out, d_out = self.input_num_capsule, self.num_capsule, self.dim_capsule
         u_hat_rows = C.reshape(u_hat, (-1, n_in, d_out))          # [batch*out, in_num, dim]
-        b = C.zeros_like(u_hat[:, :, :, 0])                       # [batch, out, in_num]
+        b = None                                                  # [batch, out, in_num]
         for i in range(self.routings):
-            c = C.softmax(b, axis=1)
-            s = C.batch_dot(C.reshape(c, (-1, 1, n_in)), u_hat_rows, (2, 1))
-            v = squash(C.reshape(s, (-1, n_out, d_out)))
+            if b is None:
+                # b = 0: c = softmax(0) = 1 / num_capsule for every pair. Written out, not as
+                # the softmax of a zero tensor, which XLA constant-folds for seconds per
+                # compiled function on JAX ([100, 1152] logits: 2.9 s); one product fewer
+                s = C.reduce_sum(u_hat, axis=2) / float(n_out)    # [batch, out, dim]
+            else:
+                c = C.softmax(b, axis=1)
+                s = C.batch_dot(C.reshape(c, (-1, 1, n_in)), u_hat_rows, (2, 1))
+                s = C.reshape(s, (-1, n_out, d_out))
+            v = squash(s)
             if i < self.routings - 1:
                 agreement = C.batch_dot(u_hat_rows, C.reshape(v, (-1, d_out, 1)), (2, 1))
-                b = b + C.reshape(agreement, (-1, n_out, n_in))
+                agreement = C.reshape(agreement, (-1, n_out, n_in))
+                b = agreement if b is None else b + agreement
         return v
 
     def call(self, inputs, training=None):
