@@ -7,21 +7,14 @@ from helpers import assert_one_error_line, run_main, run_python
 
 pytestmark = pytest.mark.stack
 
+# in a fresh process: configure_threads, then the settings backend_threads reads
 PROBE = '''
+import sys
+sys.path.insert(0, 'tests')
 import compat as C
+from test_threads import backend_threads
 n = C.configure_threads()
-if C.BACKEND == 'tensorflow' and C.KERAS3:
-    import tensorflow as tf
-    print(n, tf.config.threading.get_intra_op_parallelism_threads(),
-          tf.config.threading.get_inter_op_parallelism_threads())
-elif C.BACKEND == 'torch':
-    import torch
-    print(n, torch.get_num_threads(), 1)
-elif not C.KERAS3:  # keras 2.2.4: the settings of the session Keras runs its graph in
-    config = C._K.get_session()._config
-    print(n, config.intra_op_parallelism_threads, config.inter_op_parallelism_threads)
-else:
-    print(n, n, 1)
+print(n, *(backend_threads() or (n, 1)))
 '''
 
 
@@ -39,15 +32,15 @@ def test_threads_from_environment():
 
 
 def backend_threads():
-    """This process' backend thread settings, as PROBE reads them (None on JAX)."""
+    """This process' backend (intra-op, inter-op) thread settings; None on JAX (XLA_FLAGS)."""
     if C.BACKEND == 'tensorflow' and C.KERAS3:
         import tensorflow as tf
         return (tf.config.threading.get_intra_op_parallelism_threads(),
                 tf.config.threading.get_inter_op_parallelism_threads())
     if C.BACKEND == 'torch':
         import torch
-        return torch.get_num_threads()
-    if not C.KERAS3:
+        return torch.get_num_threads(), 1
+    if not C.KERAS3:  # keras 2.2.4: the settings of the session Keras runs its graph in
         config = C._K.get_session()._config
         return config.intra_op_parallelism_threads, config.inter_op_parallelism_threads
     return None
