@@ -144,9 +144,10 @@ def test_killed_worker_then_resume_trains_as_one_process(capsys, tmp_path, data_
     _, alone = log_columns(str(tmp_path / 'alone' / 'log.csv'))
     for column in COLUMNS:
         # the collective sums are not bit-exact run to run, and training on random labels
-        # amplifies their rounding: epoch 0 (4 steps) matched to <= 5e-5 relative, epoch 1 to
-        # <= 8.7e-3 (measured), so epoch 0 is the tight check
-        np.testing.assert_allclose(multi[column][0], alone[column][0], rtol=1e-3, err_msg=column)
+        # amplifies their rounding: epoch 0 (4 steps) matched to <= 5e-5 relative in most runs
+        # but 1.23e-3 (val_loss) in one of four on 2026-11-28, epoch 1 to <= 8.7e-3 (measured),
+        # so epoch 0 is the tight check (a replica scaling bug is off by ~50 %)
+        np.testing.assert_allclose(multi[column][0], alone[column][0], rtol=3e-3, err_msg=column)
         np.testing.assert_allclose(multi[column][1], alone[column][1], rtol=2e-2, err_msg=column)
 
 
