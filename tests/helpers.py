@@ -45,7 +45,7 @@ def run_main(capsys, *argv, main=None):
     if main is None:
         import capsulenet
         main = capsulenet.main
-    C.clear_session()
+    C.clear_session(free_memory=False)
     try:
         code = main([str(a) for a in argv])
     except SystemExit as e:

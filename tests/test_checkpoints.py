@@ -18,7 +18,7 @@ TINY = helpers.TINY_FLAGS + ['--batch_size', '50', '--seed', '0']
 
 
 def train(capsys, *argv):
-    C.clear_session()
+    C.clear_session(free_memory=False)
     code = capsulenet.main([str(a) for a in argv] + TINY)
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -35,7 +35,7 @@ def digest(path):
 
 
 def tiny_model():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     return capsulenet.CapsNet((28, 28, 1), 10, 1, **helpers.NANO)[0]
 
 

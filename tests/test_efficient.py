@@ -78,7 +78,7 @@ def test_fccaps_weights_and_config():
 # ---------------------------------------------------------------- model
 @pytest.fixture(scope='module')
 def mnist_models():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     return capsulenet.EfficientCapsNet((28, 28, 1), 10)
 
 
@@ -162,7 +162,7 @@ def test_short_training_run_learns():
     300 test images; chance is 0.10. BatchNorm momentum 0.9 so the moving statistics
     settle within so few steps (the model default is Keras's 0.99)."""
     (x_train, y_train), (x_test, y_test) = utils.load_mnist()
-    C.clear_session()
+    C.clear_session(free_memory=False)
     C.set_seed(1)
     train_model, eval_model, _ = capsulenet.EfficientCapsNet((28, 28, 1), 10, bn_momentum=0.9)
     capsulenet.compile_model(train_model, 2e-3, 0.392)
@@ -202,7 +202,7 @@ def test_cli_trains_and_reloads_efficient(tmp_path, capsys):
 @pytest.mark.train_cli
 def test_cli_capsnet_weights_into_efficient_is_one_line(tmp_path, capsys):
     weights = str(tmp_path / 'w.h5')
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model = capsulenet.CapsNet((28, 28, 1), 10, 1, conv1_filters=8, primary_channels=2)[0]
     h5weights.save_weights_h5(model, weights)
     code, out, err = run_main(capsys, '--model', 'efficient', '-t', '-w', weights,

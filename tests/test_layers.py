@@ -206,7 +206,7 @@ def test_primary_capsule_conv_layer_equals_plain_conv2d(monkeypatch):
     weights = [rng.randn(9, 9, 8, 16).astype('float32') * 0.1, rng.randn(16).astype('float32')]
     outputs = []
     for cls in (C.Conv2D, C.layers.Conv2D):
-        C.clear_session()
+        C.clear_session(free_memory=False)
         inputs = C.layers.Input(shape=(20, 20, 8))
         layer = cls(16, 9, strides=2, padding='valid', name='primarycap_conv2d')
         model = C.models.Model(inputs, layer(inputs))
@@ -226,7 +226,7 @@ def test_tf_folds_only_wide_strided_convolutions(monkeypatch, channels, filters,
     plain = C._tf_strided_conv
     monkeypatch.setattr(C, '_tf_strided_conv', lambda *a: calls.append(1) or plain(*a))
     monkeypatch.setattr(C, '_strided_path', lambda: 'fold')  # as on a CPU-only machine
-    C.clear_session()
+    C.clear_session(free_memory=False)
     layer = C.Conv2D(filters, 9, strides=2, padding='valid')
     out = layer(np.zeros((1, 9, 9, channels), 'float32'))
     assert tuple(out.shape) == (1, 1, 1, filters) and bool(calls) is folded

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope='module')
 def paper_models():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     return CapsNet((28, 28, 1), 10, 3)
 
 
@@ -33,7 +33,7 @@ def test_layer_names_follow_capsnet_keras(paper_models):
 
 
 def test_eval_model_reconstructs_from_longest_capsule():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     train_model, eval_model, manipulate_model = CapsNet((28, 28, 1), 10, 2, **SMALL)
     rng = np.random.RandomState(0)
     x = rng.rand(6, 28, 28, 1).astype('float32')
@@ -47,7 +47,7 @@ def test_eval_model_reconstructs_from_longest_capsule():
 
 
 def test_one_training_step_lowers_the_loss():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     C.set_seed(0)
     model, _, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
     compile_model(model, 1e-3, 0.392)
@@ -66,7 +66,7 @@ def test_fit_traces_the_train_step_once():
     # Keras 3 + TensorFlow traced it twice (its first trace built the loss trackers' variables)
     # until compat.fit built them first; JAX traces once; torch runs it eagerly, once per step
     import training
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model, _, _ = CapsNet((28, 28, 1), 10, 1, **SMALL)
     compile_model(model, 1e-3, 0.392)
     calls = []
@@ -80,13 +80,13 @@ def test_fit_traces_the_train_step_once():
 
 
 def test_weights_round_trip_through_legacy_h5(tmp_path):
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model, eval_model, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
     x = np.random.RandomState(1).rand(3, 28, 28, 1).astype('float32')
     expected = eval_model.predict(x, verbose=0)
     path = str(tmp_path / 'trained_model.h5')
     h5weights.save_weights_h5(model, path)
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model2, eval2, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
     h5weights.load_weights_h5(model2, path)
     got = eval2.predict(x, verbose=0)
@@ -99,11 +99,11 @@ def test_weights_round_trip_through_legacy_h5(tmp_path):
 
 
 def test_loading_other_architecture_names_layer_and_shapes(tmp_path):
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model, _, _ = CapsNet((28, 28, 1), 5, 3, **SMALL)
     path = str(tmp_path / 'five.h5')
     h5weights.save_weights_h5(model, path)
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model10, _, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
     with pytest.raises(C.UserError) as err:
         h5weights.load_weights_h5(model10, path)

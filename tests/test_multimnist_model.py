@@ -36,7 +36,7 @@ def evaluate_dict(model, inputs, targets):
 
 # ---------------------------------------------------------------- models
 def test_paper_capsnet_on_36x36_has_11361808_parameters():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     train_model, eval_model, _ = capsulenet.build_models('capsnet', (36, 36, 1), 10, 'multimnist')
     assert train_model.count_params() == 11361808  # the paper's 11.36M, decoder included
     assert len(train_model.inputs) == 3 and len(train_model.outputs) == 3
@@ -45,7 +45,7 @@ def test_paper_capsnet_on_36x36_has_11361808_parameters():
 
 def test_efficient_multimnist_network():
     """EscVM's MultiMNIST graph: 36 -> 32 -> 30 -> 14 -> 6, primary 5x5 stride 2 -> 1x1x128."""
-    C.clear_session()
+    C.clear_session(free_memory=False)
     train_model, _, _ = capsulenet.build_models('efficient', (36, 36, 1), 10, 'multimnist')
     assert capsulenet.trainable_count(train_model) == 154656
     assert C.int_shape(train_model.get_layer('primarycap_squash').output)[1:] == (16, 8)
@@ -65,7 +65,7 @@ def test_two_digit_metric_matches_numpy_reference():
 
 
 def tiny_models(model='capsnet'):
-    C.clear_session()
+    C.clear_session(free_memory=False)
     C.set_seed(3)
     options = dict(TINY) if model == 'capsnet' else {}
     return capsulenet.build_models(model, (36, 36, 1), 10, 'multimnist', **options)

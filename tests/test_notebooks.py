@@ -113,7 +113,7 @@ def test_widget_panel_drives_the_viewer():
     import capsulenet
     import compat as C
     import viewer as V
-    C.clear_session()
+    C.clear_session(free_memory=False)
     _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **helpers.MINI)
     images = np.random.RandomState(0).rand(3, 28, 28, 1).astype('float32')
     panel = V.WidgetPanel(V.PerturbationViewer(eval_model, manipulate_model, images))

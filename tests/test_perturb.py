@@ -18,7 +18,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope='module')
 def viewer():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     C.set_seed(0)
     _, eval_model, manipulate_model = capsulenet.CapsNet((28, 28, 1), 10, 1, **MINI)
     images = np.random.RandomState(0).rand(4, 28, 28, 1).astype('float32')
@@ -86,7 +86,7 @@ def run_utils(*args):
 
 def test_perturb_command_writes_figure(tmp_path, capsys):
     arch = ['--conv1_filters', '8', '--primary_channels', '2', '--primary_dim', '4']
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model = capsulenet.build_models('capsnet', (28, 28, 1), 10, conv1_filters=8,
                                     primary_channels=2, primary_dim=4)[0]
     weights = str(tmp_path / 'w.h5')

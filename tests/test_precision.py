@@ -21,7 +21,7 @@ def precision():
 
 
 def tiny_capsnet(name='off'):
-    C.clear_session()  # Keras 3 resets the global policy here: set it after
+    C.clear_session(free_memory=False)  # Keras 3 resets the global policy here: set it after
     C.set_precision(name)
     return capsulenet.CapsNet((28, 28, 1), 10, 2, **helpers.NANO)
 
@@ -56,7 +56,7 @@ def test_fp16_compiles_with_loss_scaling(precision):
 def test_cli_trains_in_mixed_precision(precision, tmp_path, name):
     data_dir = str(tmp_path / 'mnist')
     helpers.fake_mnist(data_dir, 40, 20)
-    C.clear_session()
+    C.clear_session(free_memory=False)
     code = capsulenet.main(['--mixed_precision', name, '--epochs', '1', '--batch_size', '20',
                             '--conv1_filters', '8', '--primary_channels', '2', '--seed', '0',
                             '--data_dir', data_dir, '--save_dir', str(tmp_path / 'run')])
@@ -67,7 +67,7 @@ def test_cli_trains_in_mixed_precision(precision, tmp_path, name):
 
 
 def tiny_capsnet_cli():
-    C.clear_session()
+    C.clear_session(free_memory=False)
     C.set_precision('off')
     return capsulenet.CapsNet((28, 28, 1), 10, 3, conv1_filters=8, primary_channels=2)[0]
 

@@ -55,7 +55,7 @@ def test_shipped_files_are_float16_and_load_into_float32_variables():
             kinds = set()
             f.visititems(lambda _, obj: kinds.add(obj.dtype) if hasattr(obj, 'dtype') else None)
         assert kinds == {np.dtype('float16')}, (name, kinds)
-        C.clear_session()
+        C.clear_session(free_memory=False)
         model, _, _ = capsulenet.build_models(entry['model'], (28, 28, 1), 10,
                                               **entry['options'])
         h5weights.load_weights_h5(model, path)
@@ -65,7 +65,7 @@ def test_shipped_files_are_float16_and_load_into_float32_variables():
 def test_export_writes_float16_file_and_manifest(tmp_path):
     data_dir = str(tmp_path / 'mnist')
     fake_mnist(data_dir, n_train=20, n_test=40)
-    C.clear_session()
+    C.clear_session(free_memory=False)
     model, _, _ = capsulenet.build_models('capsnet', (28, 28, 1), 10, **TINY)
     source = str(tmp_path / 'checkpoint.h5')
     h5weights.save_weights_h5(model, source)

@@ -64,7 +64,7 @@ def log_epochs(save_dir):
 
 
 def tiny_model(**arch):
-    C.clear_session()
+    C.clear_session(free_memory=False)
     kwargs = dict(helpers.TINY)
     kwargs.update(arch)
     model, _, _ = capsulenet.CapsNet((28, 28, 1), 10, 3, **kwargs)
@@ -80,7 +80,7 @@ def data_dir(tmp_path_factory):
 def trained(tmp_path_factory, data_dir):
     """A save_dir after one tiny epoch: weights-01.h5, optimizer-01.npz, log.csv, trained_model.h5."""
     save_dir = str(tmp_path_factory.mktemp('trained'))
-    C.clear_session()
+    C.clear_session(free_memory=False)
     assert capsulenet.main(['--epochs', '1', '--data_dir', data_dir, '--save_dir', save_dir,
                             '--seed', '0'] + TINY) == 0
     return save_dir

@@ -30,7 +30,7 @@ def apply_layer(layer, x, weights=None):
 def test_efficient_smallnorb_network():
     """EscVM's smallNORB graph: 48 -> 21 -> 19 -> 17 -> 8, depthwise 8x8 -> 16 capsules of
     8-D, FCCaps 5 x 16-D; 151,664 trainable parameters (the paper's 151K), decoder 229,570."""
-    C.clear_session()
+    C.clear_session(free_memory=False)
     train_model, eval_model, _ = capsulenet.build_models('efficient', (48, 48, 2), 5, 'smallnorb')
     assert capsulenet.trainable_count(train_model) == 151664
     assert train_model.get_layer('decoder').count_params() == 229570
@@ -44,7 +44,7 @@ def test_instance_norm_matches_numpy():
     rng = np.random.RandomState(0)
     x = rng.normal(2., 3., (3, 5, 6, 4)).astype('float32')
     gamma, beta = rng.uniform(0.5, 2, 4).astype('float32'), rng.normal(size=4).astype('float32')
-    C.clear_session()
+    C.clear_session(free_memory=False)
     got = apply_layer(C.instance_norm(4, name='in'), x, [gamma, beta])
     mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(got, (x - mean) / np.sqrt(var + 1e-3) * gamma + beta, atol=1e-4)
@@ -52,7 +52,7 @@ def test_instance_norm_matches_numpy():
 
 def test_bilinear_upsampling_matches_numpy_resize():
     x = np.random.RandomState(1).uniform(size=(2, 8, 8, 3)).astype('float32')
-    C.clear_session()
+    C.clear_session(free_memory=False)
     got = apply_layer(C.upsampling_bilinear(name='up'), x)
     np.testing.assert_allclose(got, sn.resize(x, 16), atol=1e-5)  # tf.image.resize's numbers
 

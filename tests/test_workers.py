@@ -17,7 +17,7 @@ def test_workers_give_the_same_weights(tmp_path):
     weights = []
     for workers in (1, 3):
         save_dir = str(tmp_path / ('w%d' % workers))
-        C.clear_session()
+        C.clear_session(free_memory=False)
         assert capsulenet.main(TINY + ['--workers', str(workers), '--data_dir', data_dir,
                                        '--save_dir', save_dir]) == 0
         model = capsulenet.CapsNet((28, 28, 1), 10, 3, **helpers.TINY)[0]
