@@ -325,8 +325,9 @@ def _build_before_tracing(model, train_data):
     nothing."""
     if BACKEND != 'tensorflow' or getattr(model, '_distribute_strategy', True) is not None:
         return
-    build = getattr(model, '_symbolic_build', None)  # private; if Keras renames it: the slow way
-    if build is not None and len(train_data):
+    # private: if a Keras release renames it or its argument, fit just traces twice again
+    build = getattr(model, '_symbolic_build', None)
+    if build is not None and 'data_batch' in _parameters(build) and len(train_data):
         build(data_batch=train_data[0])
 
 
@@ -348,10 +349,15 @@ def clear_session(free_memory=True):
     """A fresh Keras session. free_memory=False skips the full garbage collection that Keras 3
     runs here (0.2-0.4 s a call once TensorFlow and a few models are loaded: the tests, which
     start ~180 sessions a run, leave that to Python's own collector); keras 2.2.4 runs none."""
-    if KERAS3:
+    if KERAS3 and 'free_memory' in _parameters(keras.backend.clear_session):
         keras.backend.clear_session(free_memory=free_memory)
-    else:
+    else:  # keras 2.2.4, and Keras 3 releases before the argument (they always collect)
         keras.backend.clear_session()
+
+
+def _parameters(fn):
+    import inspect
+    return inspect.signature(fn).parameters
 
 
 def set_seed(seed):
