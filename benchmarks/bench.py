@@ -148,7 +148,8 @@ def run_worker(args):
                              args.steps, args.warmup)
     infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
     result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,
-              'routings': args.routings, 'batch_size': args.batch_size,
+              # None: the model has no routing (efficient, cnn), timed once whatever --routings
+              'routings': args.routings if options else None, 'batch_size': args.batch_size,
               'threads': threads or 'default', 'precision': args.precision,
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
@@ -179,7 +180,7 @@ def table(results):
     cols = [(k, t) for k, t in COLUMNS if any(k in r for r in results)]
     lines = ['| ' + ' | '.join(t for _, t in cols) + ' |', '|' + '---|' * len(cols)]
     for r in results:
-        lines.append('| ' + ' | '.join(str(r.get(k, '')) for k, _ in cols) + ' |')
+        lines.append('| ' + ' | '.join('' if r.get(k) is None else str(r[k]) for k, _ in cols) + ' |')
     return '\n'.join(lines)
 
 
@@ -191,18 +192,24 @@ def ratios(results):
     base = {key(r): r for r in results if r.get('precision') == 'off'}
     for r in results:
         if r.get('precision', 'off') != 'off' and key(r) in base:
-            lines.append('%s %s r%d: %s / off training img/s = %.2f' % (
-                r['backend'], r['model'], r['routings'], r['precision'],
+            lines.append('%s %s%s: %s / off training img/s = %.2f' % (
+                r['backend'], r['model'], routing_label(r['routings']), r['precision'],
                 r['train_images_per_s'] / base[key(r)]['train_images_per_s']))
     return lines
 
 
+def routing_label(routings):
+    return '' if routings is None else ' r%d' % routings
+
+
 def run_parent(args):
-    results = []
+    results, no_routing = [], set()  # no_routing: (backend, model, precision) timed once
     configs = [(backend, model, int(routings), precision)
                for backend in args.backends.split(',') for model in args.models.split(',')
                for routings in args.routings.split(',') for precision in args.precision.split(',')]
     for backend, model, routings, precision in configs:
+        if (backend, model, precision) in no_routing:
+            continue
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
                '--routings', str(routings), '--batch_size', str(args.batch_size),
                '--steps', str(args.steps), '--warmup', str(args.warmup),
@@ -217,6 +224,8 @@ def run_parent(args):
             print('%s %s r%d failed: %s' % (backend, model, routings, tail), file=sys.stderr)
             continue
         results.append(json.loads(found[-1][len('RESULT '):]))
+        if results[-1]['routings'] is None:
+            no_routing.add((backend, model, precision))
         print(json.dumps(results[-1]), flush=True)
     text = '\n'.join([table(results)] + ratios(results))
     print(text)

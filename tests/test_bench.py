@@ -1,4 +1,5 @@
 """The benchmark script runs (2 steps); its seed-style routing and model agree with ours."""
+import json
 import os
 import sys
 
@@ -42,3 +43,28 @@ def test_bench_prints_a_table():
     assert float(row['routing max diff']) < 1e-4 and float(row['scores max diff']) < 1e-4
     assert float(row['step ours ms']) > 0 and float(row['step seed-style ms']) > 0
     assert float(row['seed-style / ours']) > 0
+
+
+def test_models_without_routing_are_timed_once(monkeypatch, capsys):
+    """--routings 1,2,3 times efficient (no routing) once per precision, capsnet three times."""
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        model, routings = cmd[cmd.index('--model') + 1], int(cmd[cmd.index('--routings') + 1])
+        precision = cmd[cmd.index('--precision') + 1]
+        calls.append((model, routings, precision))
+        result = {'backend': 'b', 'model': model, 'precision': precision,
+                  'routings': None if model == 'efficient' else routings,
+                  'train_images_per_s': 100. if precision == 'off' else 150.}
+        return bench.subprocess.CompletedProcess(cmd, 0, 'RESULT ' + json.dumps(result), '')
+
+    monkeypatch.setattr(bench.subprocess, 'run', fake_run)
+    assert bench.main(['--backends', 'b', '--models', 'efficient,capsnet',
+                       '--routings', '1,2,3', '--precision', 'off,bf16']) == 0
+    assert [c for c in calls if c[0] == 'efficient'] == [('efficient', 1, 'off'),
+                                                           ('efficient', 1, 'bf16')]
+    assert len([c for c in calls if c[0] == 'capsnet']) == 6
+    out = capsys.readouterr().out
+    assert 'b efficient: bf16 / off training img/s = 1.50' in out
+    assert 'b capsnet r2: bf16 / off training img/s = 1.50' in out
+    assert '| b | efficient |  |' in out  # no routing column value, not "None"
