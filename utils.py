@@ -386,46 +386,73 @@ def _free_margins(image):
     return rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1]
 
 
-def _squeeze_width(image, pixels):
-    """image [H, W, C] resized to width W - pixels (linear), centred, zero padded to W."""
+def _rotate_about(image, degrees, cy, cx):
+    """image [H, W, C] turned by `degrees` counter-clockwise about pixel (cy, cx), bilinear,
+    zero fill: OpenCV's getRotationMatrix2D + warpAffine, which the reference calls."""
     from scipy import ndimage
+    a, b = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    matrix = np.array([[a, b], [-b, a]])  # output (row, col) -> input (row, col)
+    offset = np.array([cy, cx]) - matrix.dot([cy, cx])
+    return np.stack([ndimage.affine_transform(image[..., c], matrix, offset, order=1,
+                                              mode='constant', cval=0.)
+                     for c in range(image.shape[-1])], axis=-1)
+
+
+def _squeeze_width(image, pixels, offset):
+    """image [H, W, C] resized to width W - pixels (Lanczos3, antialiased: the reference's
+    tf.image.resize), placed `offset` columns from the left, zero padded to W."""
+    from PIL import Image
     if pixels <= 0:
         return image
     h, w, c = image.shape
-    narrow = ndimage.zoom(image, (1, (w - pixels) / float(w), 1), order=1)[:, :w]
+    narrow = np.stack([np.asarray(Image.fromarray(image[..., k].astype(np.float32))
+                                  .resize((w - pixels, h), Image.LANCZOS))
+                       for k in range(c)], axis=-1)
     out = np.zeros_like(image)
-    left = (w - narrow.shape[1]) // 2
-    out[:, left:left + narrow.shape[1]] = narrow
+    out[:, offset:offset + w - pixels] = narrow
     return out
 
 
-def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
-    """Efficient-CapsNet's MNIST augmentation with NumPy/SciPy, in the reference's order.
+def _half_normal(rng, n):
+    """n draws of min(|N(0, 0.33)|, 0.9999): the reference's magnitude for shift and squeeze."""
+    return np.minimum(np.abs(rng.normal(0, .33, n)), .9999)
 
-    images: [batch, H, W, C] in [0, 1] -> same shape. Per image: (1) about half the time a
-    rotation by max_angle * clip(N(0, 0.33), -1, 1) degrees; (2) a random integer shift that
-    keeps the digit inside the frame (bounded by its empty margins); (3) a horizontal
-    squeeze by 0..max_squeeze pixels, re-centred; (4) a random erase_size^2 patch set to 0.
-    Linear interpolation replaces the reference's OpenCV / Lanczos resampling.
+
+def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
+    """Efficient-CapsNet's MNIST augmentation with NumPy/SciPy/PIL, as its reference code draws
+    it (EscVM/Efficient-CapsNet utils/pre_process_mnist.py), in its order.
+
+    images: [batch, H, W, C] in [0, 1] -> same shape. Per image:
+    (1) rotation, when a N(0, 0.33) draw is <= 0 (half the time), by
+        int(max_angle * clip(N(0, 0.33), +-0.9999)) whole degrees about pixel (H/2, W/2);
+    (2) a shift on each axis, up or down (left or right) at random, of
+        floor(+-m * free margin on that side) pixels, m = min(|N(0, 0.33)|, 0.9999): mostly
+        0-2 px, never out of the frame (floor: a shift up / left is at least 1 px);
+    (3) a horizontal squeeze by 1 + floor(m * max_squeeze) pixels (1-7, mostly 1-3), placed
+        floor(pixels / 2) (+1 half the time) columns from the left;
+    (4) a erase_size^2 patch set to 0, its corner in rows and columns 4 .. H-6.
+    The result is clipped to [0, 1] (Lanczos rings by a few percent; the reference leaves it).
     """
-    from scipy import ndimage
     out = np.empty_like(images)
-    h, w = images.shape[1:3]
     for i, image in enumerate(images):
-        if rng.rand() < 0.5:
-            angle = max_angle * np.clip(rng.normal(0, 0.33), -1, 1)
-            image = ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=1,
-                                   mode='constant', cval=0.)
+        h, w = image.shape[:2]
+        turn, keep = np.clip(rng.normal(0, .33, 2), -.9999, .9999)
+        if keep <= 0:
+            image = _rotate_about(image, int(max_angle * turn), h / 2., w / 2.)
         top, bottom, left, right = _free_margins(image)
-        image = _shift_zero_fill(image, rng.randint(-top, bottom + 1),
-                                 rng.randint(-left, right + 1))
-        image = _squeeze_width(image, rng.randint(0, max_squeeze + 1))
-        y0, x0 = rng.randint(0, h - erase_size + 1), rng.randint(0, w - erase_size + 1)
+        down, rightward = rng.rand(2) < 0.5
+        mx, my = _half_normal(rng, 2)  # x from the first draw, y from the second, as there
+        dy = np.floor(my * (1 + bottom)) if down else np.floor(-my * top)
+        dx = np.floor(mx * (1 + right)) if rightward else np.floor(-mx * left)
+        image = _shift_zero_fill(image, int(dy), int(dx))
+        width, extra = _half_normal(rng, 2)
+        pixels = int(np.floor(width * max_squeeze + 1))
+        image = _squeeze_width(image, pixels, pixels // 2 + int(np.floor(extra * 2)))
+        y0, x0 = (4 + np.floor(rng.rand(2) * (h - 9))).astype(int)
         image = image.copy()
         image[y0:y0 + erase_size, x0:x0 + erase_size] = 0
         out[i] = np.clip(image, 0, 1)
     return out
-
 
 if __name__ == '__main__':
     sys.exit(main())
