@@ -400,10 +400,8 @@ def _rotate_about(image, degrees, cy, cx):
 
 def _squeeze_width(image, pixels, offset):
     """image [H, W, C] resized to width W - pixels (Lanczos3, antialiased: the reference's
-    tf.image.resize), placed `offset` columns from the left, zero padded to W."""
+    tf.image.resize), placed `offset` columns from the left, zero padded to W; pixels >= 1."""
     from PIL import Image
-    if pixels <= 0:
-        return image
     h, w, c = image.shape
     narrow = np.stack([np.asarray(Image.fromarray(image[..., k].astype(np.float32))
                                   .resize((w - pixels, h), Image.LANCZOS))
@@ -430,7 +428,7 @@ def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
         0-2 px, never out of the frame (floor: a shift up / left is at least 1 px);
     (3) a horizontal squeeze by 1 + floor(m * max_squeeze) pixels (1-7, mostly 1-3), placed
         floor(pixels / 2) (+1 half the time) columns from the left;
-    (4) a erase_size^2 patch set to 0, its corner in rows and columns 4 .. H-6.
+    (4) an erase_size^2 patch set to 0, its corner in rows and columns 4 .. H-6.
     The result is clipped to [0, 1] (Lanczos rings by a few percent; the reference leaves it).
     """
     out = np.empty_like(images)
@@ -449,10 +447,10 @@ def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
         pixels = int(np.floor(width * max_squeeze + 1))
         image = _squeeze_width(image, pixels, pixels // 2 + int(np.floor(extra * 2)))
         y0, x0 = (4 + np.floor(rng.rand(2) * (h - 9))).astype(int)
-        image = image.copy()
         image[y0:y0 + erase_size, x0:x0 + erase_size] = 0
         out[i] = np.clip(image, 0, 1)
     return out
+
 
 if __name__ == '__main__':
     sys.exit(main())
