@@ -334,10 +334,11 @@ def expanded_mnist(data_dir=None, train_samples=None, test_samples=None, affnist
     affnist = (x, y, description): the affNIST evaluation set (affnist_eval_set), loaded now
     so that a bad file fails before training. Each set is cut to its first *_samples images.
     """
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    # the whole test split: the generated affNIST-style set is made (and cached) from all of it
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir, train_samples=train_samples)
     affnist = affnist_eval_set((x_test, y_test), test_samples, affnist_dir, affnist_cache)
     x_test, y_test = x_test[:test_samples], y_test[:test_samples]
-    return ((pad_to_canvas(x_train[:train_samples]), y_train[:train_samples]),
+    return ((pad_to_canvas(x_train), y_train),
             (translated_mnist(x_test, CANVAS, EXPANDED_TEST_SEED), y_test), affnist)
 
 

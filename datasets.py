@@ -18,9 +18,8 @@ import utils
 def mnist(data_dir=None, train_samples=None, test_samples=None):
     """--dataset mnist: (train, test, None), cut to the first train_samples / test_samples
     images; x: [N, 28, 28, 1], y: one-hot [N, 10]. None: no extra evaluation set."""
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
-    return ((x_train[:train_samples], y_train[:train_samples]),
-            (x_test[:test_samples], y_test[:test_samples]), None)
+    return utils.load_mnist(data_dir, train_samples=train_samples,
+                            test_samples=test_samples) + (None,)
 
 
 MULTIMNIST_TEST_SEED = 2017  # fixed: the MultiMNIST test set is the same on every run
@@ -51,13 +50,13 @@ def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
     multimnist_pairs partners of other classes: x [M, 36, 36, 1], y two-hot [M, 10], masks
     [y_1, y_2] one-hot, targets [digit_1, digit_2] each shifted digit alone [M, 36, 36, 1].
     """
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist(data_dir)
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(
+        data_dir, train_samples=train_samples, test_samples=test_samples)
     images, two_hot, first, second, classes = multimnist.test_set(
-        x_test[:test_samples], y_test[:test_samples], multimnist_pairs, MULTIMNIST_TEST_SEED,
-        with_classes=True)
+        x_test, y_test, multimnist_pairs, MULTIMNIST_TEST_SEED, with_classes=True)
     masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
     test = Split(images, two_hot, masks, [first, second])
-    return (x_train[:train_samples], y_train[:train_samples]), test, None
+    return (x_train, y_train), test, None
 
 
 def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):

@@ -1,9 +1,13 @@
 """One SGD step of a tiny CapsNet on 1 device and on N devices from the same weights and batch.
 
-    python tests/one_step.py N      # prints the per-weight max |difference| of the two updates
+    python tests/one_step.py N                 # prints the per-weight max |difference| of the
+                                               # two updates: 'ONE_STEP [json rows]'
+    python tests/one_step.py N -- CLI ARGS...  # then capsulenet.main(CLI ARGS) in this process
 
 Run in its own process by test_multidevice.py: the device count is fixed before the backend
 starts (TensorFlow logical CPU devices; JAX needs XLA_FLAGS=--xla_force_host_platform_device_count).
+The CLI run after it (--multi_gpu N) uses the devices set up here: one process start (~5 s of
+imports) for both checks.
 Plain SGD, so the update is lr * the gradient: a replica that sums instead of averaging (or
 drops its share) changes the update by a factor, far beyond the summation-order noise.
 """
@@ -49,8 +53,11 @@ def main(n_devices):
         rows.append({'shape': list(w0.shape), 'scale': float(np.abs(w0).max()),
                      'step': float(np.abs(step1).max()),
                      'difference': float(np.abs(stepn - step1).max())})
-    print(json.dumps(rows))
+    print('ONE_STEP ' + json.dumps(rows), flush=True)
 
 
 if __name__ == '__main__':
     main(int(sys.argv[1]))
+    if '--' in sys.argv:
+        C.clear_session()
+        sys.exit(capsulenet.main(sys.argv[sys.argv.index('--') + 1:]))

@@ -19,8 +19,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope='module')
 def mnist_test():
-    (_, _), (x, y) = utils.load_mnist()
-    return x[:60], y[:60]
+    return utils.load_mnist(train_samples=0, test_samples=60)[1]
 
 
 def write_affnist_mat(path, images40, labels, order='C'):

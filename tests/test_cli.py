@@ -14,8 +14,9 @@ from helpers import accuracy_from, assert_image, assert_one_error_line, run_main
 pytestmark = pytest.mark.end_to_end
 
 # a tiny CapsNet (16 conv1 filters, 4 primary channels) at 3x the paper's learning rate: one
-# epoch on 10,000 images gave 95.1 % (seed 1, Keras 3 + TensorFlow)
-QUICK = helpers.TINY_FLAGS + ['--batch_size', '50', '--lr', '0.003', '--train_samples', '10000',
+# epoch on 6,000 images gave 92.4 % (seed 1) and 92.3 % (seed 2), Keras 3 + TensorFlow, on
+# 2026-12-01 (10,000 images: 95.1 %, 4 s more)
+QUICK = helpers.TINY_FLAGS + ['--batch_size', '50', '--lr', '0.003', '--train_samples', '6000',
                               '--test_samples', '1000', '--seed', '1']
 
 
@@ -56,11 +57,7 @@ def test_training_prints_no_tensorflow_log_lines(trained):
     assert not LOG_LINE.search(err), err
 
 
-def test_user_log_level_wins():
-    proc = helpers.run_python('-c', 'import os, compat; print(os.environ["TF_CPP_MIN_LOG_LEVEL"])',
-                              TF_CPP_MIN_LOG_LEVEL='1')
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ['1']
+# A TF_CPP_MIN_LOG_LEVEL the user set is kept: tests/test_threads.py (its fresh-process probe).
 
 
 def test_testing_mode_reloads_same_accuracy(trained, tmp_path, capsys):

@@ -22,6 +22,22 @@ def test_load_mnist_formats(tmp_path, gz, style):
     assert y.shape == (20, 10) and (y.argmax(1) == arrays['train_labels']).all()
 
 
+
+def test_load_mnist_subsets_equal_slices_and_a_rewritten_file_is_read_again(tmp_path):
+    folder = str(tmp_path)
+    fake_mnist(folder, 20, 10)
+    (x, y), (xt, yt) = utils.load_mnist(folder)
+    (xs, ys), (xts, yts) = utils.load_mnist(folder, train_samples=7, test_samples=3)
+    for whole, part in [(x[:7], xs), (y[:7], ys), (xt[:3], xts), (yt[:3], yts)]:
+        assert part.dtype == whole.dtype and np.array_equal(part, whole)  # bit for bit
+    xs[:] = 5.  # the caller owns its arrays: the next load is not changed by this
+    assert np.array_equal(utils.load_mnist(folder, train_samples=7)[0][0], x[:7])
+    # the same folder rewritten (other size): its new contents, not the ones read before
+    arrays = fake_mnist(folder, 30, 10)
+    (x2, _), _ = utils.load_mnist(folder)
+    assert x2.shape[0] == 30
+    np.testing.assert_allclose(x2[..., 0] * 255, arrays['train_images'], atol=1e-3)
+
 def test_vendored_mnist_is_the_real_one():
     (x, y), (xt, yt) = utils.load_mnist()
     assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)

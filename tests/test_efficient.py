@@ -123,7 +123,7 @@ def test_recipe_defaults_per_model_and_explicit_flags_win():
 
 # ---------------------------------------------------------------- augmentation
 def test_efficient_augment_shapes_range_and_seed():
-    x = utils.load_mnist()[1][0][:16]
+    x = utils.load_mnist(train_samples=0, test_samples=16)[1][0]
     out = utils.efficient_augment(x, np.random.RandomState(0))
     assert out.shape == x.shape and out.dtype == x.dtype
     assert out.min() >= 0 and out.max() <= 1
@@ -157,7 +157,7 @@ def test_efficient_augment_moves_digits_as_the_reference_does():
     squeeze mostly 1-3 px: digits' centres move about 1.2 px down/up and 1.6 px sideways on
     average (measured: 1.21 / 1.62 on these 400; a uniform shift over the margins gave
     2.46 / 2.81)."""
-    x = utils.load_mnist()[0][0][:400]
+    x = utils.load_mnist(train_samples=400, test_samples=0)[0][0]
     out = utils.efficient_augment(x, np.random.RandomState(0))
 
     def centre(a):
@@ -182,15 +182,15 @@ def test_short_training_run_learns():
     """300 MNIST images, 3 epochs of batch 16 (57 steps). Measured (TF, seed 1): 0.86 on
     300 test images; chance is 0.10. BatchNorm momentum 0.9 so the moving statistics
     settle within so few steps (the model default is Keras's 0.99)."""
-    (x_train, y_train), (x_test, y_test) = utils.load_mnist()
+    (x_train, y_train), (x_test, y_test) = utils.load_mnist(train_samples=300, test_samples=300)
     C.clear_session(free_memory=False)
     C.set_seed(1)
     train_model, eval_model, _ = capsulenet.EfficientCapsNet((28, 28, 1), 10, bn_momentum=0.9)
     capsulenet.compile_model(train_model, 2e-3, 0.392)
-    batches = training.ShiftedBatches(x_train[:300], y_train[:300], 16, 0, seed=1)
+    batches = training.ShiftedBatches(x_train, y_train, 16, 0, seed=1)
     C.fit(train_model, batches, epochs=3, verbose=0)
-    lengths, _ = eval_model.predict(x_test[:300], verbose=0)
-    accuracy = np.mean(lengths.argmax(1) == y_test[:300].argmax(1))
+    lengths, _ = eval_model.predict(x_test, verbose=0)
+    accuracy = np.mean(lengths.argmax(1) == y_test.argmax(1))
     assert accuracy > 0.5, accuracy
 
 

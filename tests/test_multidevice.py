@@ -2,9 +2,9 @@
 updates the weights as one device does, to summation-order noise; a short CLI run on 2
 devices trains and writes its outputs; bad set-ups are one line.
 
-Each multi-device test runs in a subprocess (tests/one_step.py or the CLI): the device count
-must be fixed before the backend starts. Each backend tests its own path (the suite runs once
-per KERAS_BACKEND)."""
+The multi-device checks share one subprocess (tests/one_step.py, then the CLI's main in the
+same process): the device count must be fixed before the backend starts. Each backend tests
+its own path (the suite runs once per KERAS_BACKEND)."""
 import json
 import os
 
@@ -21,10 +21,6 @@ TINY = ['--conv1_filters', '8', '--primary_channels', '2', '--digit_dim', '4',
 COLUMNS = ['loss', 'capsnet_loss', 'decoder_loss', 'val_loss']
 
 
-def cli(args, save_dir, **env):
-    return run_script('capsulenet.py', *(args + ['--save_dir', str(save_dir)]), timeout=600, **env)
-
-
 def trajectory(save_dir):
     import csv
     with open(os.path.join(str(save_dir), 'log.csv')) as f:
@@ -37,29 +33,41 @@ MULTI_DEVICE = C.BACKEND == 'jax' or (C.BACKEND == 'tensorflow' and C.KERAS3)
 DEVICES_ENV = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'} if C.BACKEND == 'jax' else {}
 
 
-@pytest.mark.skipif(not MULTI_DEVICE, reason='TensorFlow (Keras 3) and JAX paths')
-def test_one_step_on_two_devices_matches_one_device():
+@pytest.fixture(scope='module')
+def two_devices(tmp_path_factory):
+    """tests/one_step.py 2, then in the same process the CLI on 2 devices (--multi_gpu 2)
+    -> (CompletedProcess, the CLI's save_dir)."""
+    if not MULTI_DEVICE:
+        pytest.skip('TensorFlow (Keras 3) and JAX paths')
+    save_dir = str(tmp_path_factory.mktemp('two_devices'))
+    proc = run_script(os.path.join('tests', 'one_step.py'), 2, '--',
+                      *(TINY + ['--multi_gpu', '2', '--train_samples', '60', '--save_dir', save_dir]),
+                      timeout=600, **DEVICES_ENV)
+    return proc, save_dir
+
+
+def test_one_step_on_two_devices_matches_one_device(two_devices):
     """The update of one SGD step on 2 devices equals the 1-device update of the same batch
     to ~1e-5 of its size (measured ~1e-5..1e-6: summation order): a replica that sums its
     gradients instead of averaging them, or loses its half of the batch, is off by ~50 %."""
-    proc = run_script(os.path.join('tests', 'one_step.py'), 2, timeout=600, **DEVICES_ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '2 replicas' in proc.stdout
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = two_devices[0]
+    found = [l for l in proc.stdout.splitlines() if l.startswith('ONE_STEP ')]
+    assert len(found) == 1, proc.stderr[-3000:]
+    assert '2 replicas' in proc.stdout.split(found[0])[0]
+    rows = json.loads(found[0][len('ONE_STEP '):])
     for row in rows:
         assert row['difference'] <= 1e-4 * row['step'] + 1e-6 * row['scale'], row
     # most tensors move well above float32 rounding, so a scaling error could not hide
     assert sum(row['step'] > 1e-4 * row['scale'] for row in rows) >= 8, rows
 
 
-@pytest.mark.skipif(not MULTI_DEVICE, reason='TensorFlow (Keras 3) and JAX paths')
-def test_cli_on_two_devices_trains_and_writes_outputs(tmp_path):
-    proc = cli(TINY + ['--multi_gpu', '2', '--train_samples', '60'], tmp_path, **DEVICES_ENV)
+def test_cli_on_two_devices_trains_and_writes_outputs(two_devices):
+    proc, save_dir = two_devices
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '2 replicas' in proc.stdout
+    assert '2 replicas' in proc.stdout.split('ONE_STEP ')[1]  # the CLI's own line
     for name in ['log.csv', 'trained_model.h5', 'weights-02.h5', 'real_and_recon.png']:
-        assert os.path.getsize(str(tmp_path / name)) > 0, name
-    log = trajectory(tmp_path)
+        assert os.path.getsize(os.path.join(save_dir, name)) > 0, name
+    log = trajectory(save_dir)
     assert log.shape == (2, len(COLUMNS)) and np.isfinite(log).all()
     assert log[1, 0] < log[0, 0]  # it trains
 

@@ -21,8 +21,7 @@ N_DIGITS = 40
 @pytest.fixture(scope='module')
 def digits():
     """The first 40 real MNIST training digits [40, 28, 28, 1] and their one-hot labels."""
-    (x, y), _ = utils.load_mnist()
-    return x[:N_DIGITS], y[:N_DIGITS]
+    return utils.load_mnist(train_samples=N_DIGITS, test_samples=0)[0]
 
 
 def evaluate_dict(model, inputs, targets):

@@ -1,4 +1,5 @@
-"""CAPSNET_THREADS caps the backend's CPU threads; bad values are one line."""
+"""CAPSNET_THREADS caps the backend's CPU threads; bad values are one line; a
+TF_CPP_MIN_LOG_LEVEL the user set is kept (compat sets 3 only where it is unset)."""
 import pytest
 
 import compat as C
@@ -7,28 +8,30 @@ from helpers import assert_one_error_line, run_main, run_python
 
 pytestmark = pytest.mark.stack
 
-# in a fresh process: configure_threads, then the settings backend_threads reads
+# in a fresh process: what compat set at import (the log level), configure_threads, then
+# the settings backend_threads reads
 PROBE = '''
-import sys
+import os, sys
 sys.path.insert(0, 'tests')
 import compat as C
 from test_threads import backend_threads
 n = C.configure_threads()
-print(n, *(backend_threads() or (n, 1)))
+print(os.environ['TF_CPP_MIN_LOG_LEVEL'], n, *(backend_threads() or (n, 1)))
 '''
 
 
-def probe(value):
+def probe(value, log_level):
     """PROBE in a fresh process (threads are set before the backend starts) with
-    CAPSNET_THREADS=value."""
-    return run_python('-c', PROBE, timeout=300, CAPSNET_THREADS=value)
+    CAPSNET_THREADS=value and TF_CPP_MIN_LOG_LEVEL=log_level (as a user may set it)."""
+    return run_python('-c', PROBE, timeout=300, CAPSNET_THREADS=value,
+                      TF_CPP_MIN_LOG_LEVEL=log_level)
 
 
 @pytest.mark.skipif(C.BACKEND == 'jax', reason='JAX threads are set through XLA_FLAGS')
-def test_threads_from_environment():
-    proc = probe('1')
+def test_threads_and_user_log_level_from_environment():
+    proc = probe('1', '1')
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split()[-3:] == ['1', '1', '1']
+    assert proc.stdout.split()[-4:] == ['1', '1', '1', '1']
 
 
 def backend_threads():
