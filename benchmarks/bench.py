@@ -3,6 +3,7 @@
     python benchmarks/bench.py                                 # CapsNet, routings 1/2/3, this backend
     python benchmarks/bench.py --backends tensorflow,torch,jax --compare
     python benchmarks/bench.py --steps 2 --warmup 1 --routings 3 --batch_size 8   # smoke test
+    python benchmarks/bench.py --arch conv1_filters=64,primary_channels=8   # a smaller CapsNet
     CAPSNET_THREADS=1 python benchmarks/bench.py --routings 3    # ops on one thread per process
 
 Each configuration runs in its own process (clean peak RSS, one backend per process) and
@@ -62,12 +63,32 @@ def median_seconds(fn, steps, warmup):
     return times[len(times) // 2]
 
 
-def build_trained_pair(model, routings):
+def model_options(model, routings, arch):
+    """The builder's keyword arguments: --routings where the model routes, and --arch."""
+    import capsulenet
+    options = {'routings': routings} if 'routings' in capsulenet.MODELS[model].flags else {}
+    options.update(arch)
+    return options
+
+
+def parse_arch(text):
+    """'conv1_filters=64,primary_channels=8' -> {'conv1_filters': 64, 'primary_channels': 8}."""
+    arch = {}
+    for item in filter(None, (text or '').split(',')):
+        key, _, value = item.partition('=')
+        try:
+            arch[key.strip()] = int(value)
+        except ValueError:
+            raise SystemExit('error: --arch %r: expected NAME=INTEGER items' % item)
+    return arch
+
+
+def build_trained_pair(model, routings, arch=None):
     """Two compiled training models of `model` on the same weights: ours, and one whose
     CapsuleLayer is the seed-style layer above (everything else identical)."""
     import capsulenet
     spec = capsulenet.MODELS[model]
-    options = {'routings': routings} if 'routings' in spec.flags else {}
+    options = model_options(model, routings, arch or {})
     pair = []
     for layer_class in (capsulenet.CapsuleLayer, naive_capsule_layer_class()):
         saved, capsulenet.CapsuleLayer = capsulenet.CapsuleLayer, layer_class
@@ -97,11 +118,11 @@ def alternating_medians(fns, steps, warmup):
     return [sorted(t)[len(t) // 2] for t in times]
 
 
-def compare_training_step(model, routings, x, y, steps, warmup):
+def compare_training_step(model, routings, x, y, steps, warmup, arch=None):
     """Whole training step (train_on_batch) of ours vs the seed-style capsule layer, timed
     alternately in this process; max_abs_diff compares their class scores first."""
     import numpy as np
-    (ours, ours_eval), (seed, seed_eval) = build_trained_pair(model, routings)
+    (ours, ours_eval), (seed, seed_eval) = build_trained_pair(model, routings, arch)
     scores = [m.predict_on_batch(x)[0] for m in (ours_eval, seed_eval)]  # [batch, n_class]
     diff = float(np.abs(scores[0] - scores[1]).max())
     ours_s, seed_s = alternating_medians(
@@ -138,7 +159,8 @@ def run_worker(args):
     import capsulenet
     threads = C.configure_threads()  # CAPSNET_THREADS
     C.set_precision(args.precision)
-    options = {'routings': args.routings} if 'routings' in capsulenet.MODELS[args.model].flags else {}
+    arch = parse_arch(args.arch)
+    options = model_options(args.model, args.routings, arch)
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
     capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model])
     rng = np.random.RandomState(0)
@@ -149,7 +171,8 @@ def run_worker(args):
     infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
     result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,
               # None: the model has no routing (efficient, cnn), timed once whatever --routings
-              'routings': args.routings if options else None, 'batch_size': args.batch_size,
+              'routings': args.routings if 'routings' in options else None,
+              'batch_size': args.batch_size,
               'threads': threads or 'default', 'precision': args.precision,
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
@@ -157,9 +180,11 @@ def run_worker(args):
     if args.compare and 'routings' in capsulenet.MODELS[args.model].flags:
         measured = compare_routing(args.routings, args.batch_size, args.steps, args.warmup)
         measured.update(compare_training_step(args.model, args.routings, x, y, args.steps,
-                                              args.warmup))
+                                              args.warmup, arch))
         result.update({k: round(v, 6 if 'diff' in k else 2 if 'over' in k else 1)
                        for k, v in measured.items()})
+    if arch:
+        result['arch'] = args.arch
     result['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024., 1)
     print('RESULT ' + json.dumps(result), flush=True)
 
@@ -168,7 +193,7 @@ def run_worker(args):
 COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
            ('train_ms_per_step', 'train ms/step'), ('train_images_per_s', 'train img/s'),
            ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
-           ('threads', 'threads'), ('precision', 'precision'),
+           ('threads', 'threads'), ('precision', 'precision'), ('arch', 'arch'),
            ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
            ('max_abs_diff', 'routing max diff'),
            ('step_ours_ms', 'step ours ms'), ('step_seed_ms', 'step seed-style ms'),
@@ -215,6 +240,7 @@ def run_parent(args):
                '--steps', str(args.steps), '--warmup', str(args.warmup),
                '--precision', precision]
         cmd += ['--compare'] if args.compare else []
+        cmd += ['--arch', args.arch] if args.arch else []
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, universal_newlines=True)
@@ -250,10 +276,14 @@ def main(argv=None):
     p.add_argument('--precision', default='off',
                    help='comma-separated --mixed_precision settings (off, bf16, fp16); with '
                         'off and another, their training img/s ratio is printed')
+    p.add_argument('--arch', default='',
+                   help='architecture options for the model builder, NAME=INTEGER comma-separated '
+                        '(e.g. conv1_filters=64,primary_channels=8; default: the paper\'s)')
     p.add_argument('--out', default=None, help='also write the markdown table to this file')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--model', default='capsnet', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    parse_arch(args.arch)  # a malformed --arch is one line here, not one per worker
     if args.worker:
         args.routings = int(args.routings)
         return run_worker(args)

@@ -28,13 +28,15 @@ def repo_root():
     return ROOT
 
 
-# The test files that take longest (Keras 3 + TensorFlow, idle 2-core CPU, 2026-11-28, pytest
-# --durations: robustness ~98 s, multi-worker ~72 s, notebooks ~68 s, the CLI ~41 s, MultiMNIST
-# models ~29 s, multi-device ~26 s; the others < 25 s), in that order. Collected first, they
-# are the first files pytest-xdist hands out (.ci/run: --dist loadfile --no-loadscope-reorder),
-# so the two processes do not end with one long file running alone.
-SLOW_FIRST = ('test_robustness.py', 'test_multiworker.py', 'test_notebooks.py', 'test_cli.py',
-              'test_multimnist_model.py', 'test_multidevice.py')
+# The test files that take longest (Keras 3 + TensorFlow, 2-core CPU, 2 pytest-xdist processes,
+# 2026-12-01, pytest --durations: robustness ~50 s, multi-worker ~48 s, notebooks ~46 s,
+# multi-device ~19 s, MultiMNIST models ~15 s, Efficient-CapsNet ~15 s, the CLI ~14 s; the
+# others < 11 s), in that order. Collected first, they are the first files pytest-xdist hands
+# out (.ci/run: --dist loadfile --no-loadscope-reorder), so the two processes do not end with
+# one long file running alone.
+SLOW_FIRST = ('test_robustness.py', 'test_multiworker.py', 'test_notebooks.py',
+              'test_multidevice.py', 'test_multimnist_model.py', 'test_efficient.py',
+              'test_cli.py')
 
 
 def pytest_collection_modifyitems(items):

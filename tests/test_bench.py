@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -28,10 +29,14 @@ def test_naive_routing_matches_ours_and_differs_with_other_weights():
     assert np.abs(C.evaluate(ours, u) - C.evaluate(naive, u)).max() > 1e-3
 
 
+# a tiny CapsNet: the smoke test times the script's path, not the paper model (~6 s less)
+TINY_ARCH = 'conv1_filters=16,primary_channels=4'
+
+
 def test_bench_prints_a_table():
     proc = run_script(os.path.join('benchmarks', 'bench.py'), '--steps', '2', '--warmup', '1',
                       '--routings', '1', '--batch_size', '4', '--compare',
-                      '--backends', C.BACKEND)
+                      '--backends', C.BACKEND, '--arch', TINY_ARCH)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     rows = [l for l in lines if l.startswith('| %s ' % C.BACKEND)]
@@ -39,6 +44,7 @@ def test_bench_prints_a_table():
     header = [c.strip() for c in lines[lines.index(rows[0]) - 2].strip('|').split('|')]
     row = dict(zip(header, [c.strip() for c in rows[0].strip('|').split('|')]))
     assert float(row['train ms/step']) > 0
+    assert row['arch'] == TINY_ARCH
     # the seed-style model: same weights, same class scores, a whole step timed beside ours
     assert float(row['routing max diff']) < 1e-4 and float(row['scores max diff']) < 1e-4
     assert float(row['step ours ms']) > 0 and float(row['step seed-style ms']) > 0
@@ -68,3 +74,10 @@ def test_models_without_routing_are_timed_once(monkeypatch, capsys):
     assert 'b efficient: bf16 / off training img/s = 1.50' in out
     assert 'b capsnet r2: bf16 / off training img/s = 1.50' in out
     assert '| b | efficient |  |' in out  # no routing column value, not "None"
+
+
+def test_bad_arch_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(['--arch', 'conv1_filters=wide'])
+    assert str(exit_.value) == "error: --arch 'conv1_filters=wide': expected NAME=INTEGER items"
+    assert bench.parse_arch(TINY_ARCH) == {'conv1_filters': 16, 'primary_channels': 4}
