@@ -74,7 +74,7 @@ def update_manifest(path, name, entry):
 def export(model, weights, out, options=None, log=None, data_dir=None, note=None):
     """The whole export; returns the manifest entry written for `out`."""
     options = dict(options or {})
-    (_, _), (x_test, y_test) = utils.load_mnist(data_dir)
+    (_, _), (x_test, y_test) = utils.load_mnist(data_dir, train_samples=0)
     kind = capsulenet.MODELS[model].kind
     train_model, eval_model = load_models(model, options, weights)
     f32_all, f32_first = scored(eval_model, kind, x_test, y_test)

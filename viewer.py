@@ -212,7 +212,7 @@ def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=
     weights: .h5 from capsulenet.py; model: a capsulenet.MODELS name; options: the model's
     size (e.g. conv1_filters=64, as capsulenet.build_models takes) so the architecture matches.
     """
-    x_test = load_mnist(data_dir, test_samples=test_samples)[1][0]
+    x_test = load_mnist(data_dir, train_samples=0, test_samples=test_samples)[1][0]
     train_model, eval_model, manipulate_model = capsulenet.build_models(
         model, x_test.shape[1:], 10, **options)
     load_weights_h5(train_model, weights)
