@@ -19,8 +19,10 @@ from conftest import ROOT
 
 KERAS3_TF = C.KERAS3 and C.BACKEND == 'tensorflow'
 needs_tf = pytest.mark.skipif(not KERAS3_TF, reason='multi-worker: Keras 3 + TensorFlow only')
-# one tiny CapsNet, 4 steps of a global batch of 50 (25 per worker) per epoch
-FLAGS = helpers.TINY_FLAGS + ['--batch_size', '50', '--seed', '0', '--shift_fraction', '0']
+# one tiny CapsNet (routing 1: the cluster is checked here, not routing), 4 steps of a global
+# batch of 50 (25 per worker) per epoch
+FLAGS = helpers.TINY_FLAGS + ['--batch_size', '50', '--seed', '0', '--shift_fraction', '0',
+                              '--routings', '1']
 COLUMNS = ('loss', 'capsnet_loss', 'decoder_loss', 'val_loss')
 LIMIT_S = 300  # a hang fails the test instead of the CI job
 
