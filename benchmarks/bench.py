@@ -152,14 +152,14 @@ def compare_routing(routings, batch_size, steps, warmup):
     return out
 
 
-def run_worker(args):
+def run_worker(args, arch):
+    """One configuration: times it and prints its RESULT line. arch: parse_arch(args.arch)."""
     import numpy as np
     sys.path.insert(0, ROOT)
     import compat as C
     import capsulenet
     threads = C.configure_threads()  # CAPSNET_THREADS
     C.set_precision(args.precision)
-    arch = parse_arch(args.arch)
     options = model_options(args.model, args.routings, arch)
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
     capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model])
@@ -283,10 +283,10 @@ def main(argv=None):
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--model', default='capsnet', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    parse_arch(args.arch)  # a malformed --arch is one line here, not one per worker
+    arch = parse_arch(args.arch)  # a malformed --arch is one line here, not one per worker
     if args.worker:
         args.routings = int(args.routings)
-        return run_worker(args)
+        return run_worker(args, arch)
     return run_parent(args)
 
 

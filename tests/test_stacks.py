@@ -62,10 +62,9 @@ def test_this_kerass_own_reader_loads_our_files(stack, wiped):
 # last in this file: F.build() clears the Keras session (on keras 2.2.4, the graph the shared
 # models above live in)
 def test_our_writer_round_trips_here(tmp_path, wiped):
-    models = wiped
-    h5weights.load_weights_h5(models[0], F.LEGACY_FILE)
+    h5weights.load_weights_h5(wiped[0], F.LEGACY_FILE)
     path = str(tmp_path / 'trained_model.h5')
-    h5weights.save_weights_h5(models[0], path)
+    h5weights.save_weights_h5(wiped[0], path)
     fresh = F.build()
     fresh[0].load_weights(path)
     assert_expected_outputs(fresh)
