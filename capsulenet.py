@@ -301,26 +301,27 @@ def build_models(model, input_shape, n_class, dataset='mnist', **options):
         raise UserError('cannot build this architecture: %s' % e)
 
 
-def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1):
+def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1, xla='auto'):
     """Adam(lr) and the loss of spec's kind (default: capsnet's). Capsule models: margin
     loss + lam_recon * MSE of the reconstruction; digits=2 (MultiMNIST): each digit's
-    reconstruction MSE weighs lam_recon / 2. The accuracy column: accuracy_metric(digits)."""
+    reconstruction MSE weighs lam_recon / 2. The accuracy column: accuracy_metric(digits).
+    xla: --xla ('auto' or 'on': C.xla_compile_options)."""
     spec = spec or MODELS['capsnet']
-    metric = accuracy_metric(digits)
+    metric, options = accuracy_metric(digits), C.xla_compile_options(xla)
     if spec.kind == 'classifier':  # no decoder: softmax + cross-entropy
-        model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[metric])
-        return
-    losses = list(spec.loss) + [spec.loss[-1]] * (digits - 1)
-    model.compile(optimizer=C.adam(lr), loss=losses,
-                  loss_weights=[1.] + [lam_recon / digits] * digits,
-                  metrics={'capsnet': [metric]})
+        model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[metric], **options)
+    else:
+        losses = list(spec.loss) + [spec.loss[-1]] * (digits - 1)
+        model.compile(optimizer=C.adam(lr), loss=losses, metrics={'capsnet': [metric]},
+                      loss_weights=[1.] + [lam_recon / digits] * digits, **options)
+    C.check_xla(model, options)
 
 
 # ---------------------------------------------------------------- run
 def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
         resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100,
         lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
-        lam_recon=0.392, workers=1, mixed_precision='off', keep_checkpoints=2,
+        lam_recon=0.392, workers=1, mixed_precision='off', xla='auto', keep_checkpoints=2,
         early_stopping=None, stop_at_val_acc=None, debug=False, digit=5, data_dir=None,
         train_samples=None, test_samples=None, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
@@ -338,6 +339,8 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)
     C.set_precision(mixed_precision)  # before any model is built
+    # before the data are loaded: an --xla that cannot hold fails fast
+    C.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None, testing)
     scope = C.distribution_scope(multi_gpu, batch_size, worker)
     if seed is not None:
         C.set_seed(seed)
@@ -373,7 +376,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                 initial_epoch = (training.resume_weights(train_model, save_dir, epochs)
                                  if resume else 0)
                 fitted = parallel(train_model)
-                compile_model(fitted, lr, lam_recon, spec, digits)
+                compile_model(fitted, lr, lam_recon, spec, digits, xla)
                 # the batches depend on (seed, epoch, index); train() restores the epoch
                 batches = datasets.training_batches(dataset, x_train, y_train, batch_size, seed,
                                                     workers, shift_fraction, augment)
@@ -514,6 +517,10 @@ def build_parser():
     p.add_argument('--mixed_precision', default='off', choices=sorted(C.PRECISIONS),
                    help='convolutions and dense layers compute in bf16 or fp16 (loss scaling) '
                         'with float32 variables; capsule math stays float32 (Keras 3 only)')
+    p.add_argument('--xla', default='auto', choices=C.XLA_MODES,
+                   help="on: TensorFlow's training steps compiled with XLA (on CPUs 1.2-1.3x "
+                        "faster in float32, slower with bf16; not with --seed); auto: Keras' "
+                        "choice (XLA on GPUs)")
     p.add_argument('--workers', default=1, type=_bounded(int, 1),
                    help='processes preparing training batches (augmentation); 1: in the training '
                         'process. Batches are the same for any N (they depend on seed, epoch '

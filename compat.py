@@ -395,6 +395,49 @@ def set_precision(name):
     keras.mixed_precision.set_global_policy(PRECISIONS[name])
 
 
+# ---------------------------------------------------------------- XLA (--xla)
+XLA_MODES = ('auto', 'on')
+
+
+def xla_compile_options(mode, seeded=False, distributed=False, testing=False):
+    """model.compile keyword arguments for --xla: 'auto' -> {} (Keras decides: on TensorFlow
+    XLA on GPUs only, JAX always compiles with XLA, PyTorch runs eagerly); 'on' -> the
+    TensorFlow train/test/predict steps compiled with XLA (jit_compile=True), which Keras' auto
+    leaves off on CPU-only machines although it is faster there too (README, Speed).
+    A UserError where 'on' cannot hold: with TensorFlow's deterministic ops (seeded: --seed;
+    Keras then turns XLA off), under tf.distribute (distributed; Keras' auto never combines
+    them and it is not tested here), on PyTorch (jit_compile is torch.compile there) and on
+    keras 2.2.4 (no XLA), and with testing (-t: nothing is compiled for training).
+    JAX: {} (every step is already an XLA program)."""
+    if mode not in XLA_MODES:
+        raise UserError('unknown --xla %r (choose from %s)' % (mode, ', '.join(XLA_MODES)))
+    if mode == 'auto':
+        return {}
+    if testing:
+        raise UserError('--xla on compiles the training steps; it does nothing with -t')
+    if KERAS3 and BACKEND == 'jax':
+        return {}
+    if not (KERAS3 and BACKEND == 'tensorflow'):
+        raise UserError('--xla on needs Keras 3 with the tensorflow (or jax) backend; this is '
+                        'keras %s with %s' % (keras.__version__, BACKEND))
+    if seeded:
+        raise UserError('--xla on and --seed: Keras turns XLA off while TensorFlow\'s '
+                        'deterministic ops (what --seed switches on) are on; drop one of them')
+    if distributed:
+        raise UserError('--xla on is for training on one device (not with --multi_gpu or '
+                        'TF_CONFIG)')
+    return {'jit_compile': True}
+
+
+def check_xla(model, options):
+    """After model.compile(**options): a UserError if XLA was asked for (options from
+    xla_compile_options) but Keras turned it off (it warns and goes on without it, e.g. when
+    TensorFlow's op determinism was switched on earlier in this process)."""
+    if options.get('jit_compile') and not model.jit_compile:
+        raise UserError('--xla on: Keras compiled this model without XLA (TensorFlow\'s '
+                        'deterministic ops are on in this process)')
+
+
 # ---------------------------------------------------------------- strided convolution
 if KERAS3:
     def stack(tensors, axis):

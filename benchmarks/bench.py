@@ -5,6 +5,7 @@
     python benchmarks/bench.py --steps 2 --warmup 1 --routings 3 --batch_size 8   # smoke test
     python benchmarks/bench.py --arch conv1_filters=64,primary_channels=8   # a smaller CapsNet
     CAPSNET_THREADS=1 python benchmarks/bench.py --routings 3    # ops on one thread per process
+    python benchmarks/bench.py --routings 3 --xla auto,on      # TensorFlow with and without XLA
 
 Each configuration runs in its own process (clean peak RSS, one backend per process) and
 prints one JSON line; the parent prints a markdown table. Figures are medians over --steps
@@ -162,7 +163,8 @@ def run_worker(args, arch):
     C.set_precision(args.precision)
     options = model_options(args.model, args.routings, arch)
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
-    capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model])
+    capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model],
+                             xla=args.xla)
     rng = np.random.RandomState(0)
     x = rng.rand(args.batch_size, 28, 28, 1).astype('float32')
     y = np.eye(10, dtype='float32')[rng.randint(0, 10, args.batch_size)]
@@ -173,7 +175,7 @@ def run_worker(args, arch):
               # None: the model has no routing (efficient, cnn), timed once whatever --routings
               'routings': args.routings if 'routings' in options else None,
               'batch_size': args.batch_size,
-              'threads': threads or 'default', 'precision': args.precision,
+              'threads': threads or 'default', 'precision': args.precision, 'xla': args.xla,
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
               'infer_images_per_s': round(args.batch_size / infer_s, 1)}
@@ -193,7 +195,8 @@ def run_worker(args, arch):
 COLUMNS = [('backend', 'backend'), ('model', 'model'), ('routings', 'routings'),
            ('train_ms_per_step', 'train ms/step'), ('train_images_per_s', 'train img/s'),
            ('infer_images_per_s', 'infer img/s'), ('peak_rss_mb', 'peak RSS MB'),
-           ('threads', 'threads'), ('precision', 'precision'), ('arch', 'arch'),
+           ('threads', 'threads'), ('precision', 'precision'), ('xla', 'xla'),
+           ('arch', 'arch'),
            ('ours_ms', 'routing ours ms'), ('naive_ms', 'routing naive ms'),
            ('max_abs_diff', 'routing max diff'),
            ('step_ours_ms', 'step ours ms'), ('step_seed_ms', 'step seed-style ms'),
@@ -210,16 +213,24 @@ def table(results):
 
 
 def ratios(results):
-    """Lines 'backend model rN: P / off training img/s = R' for each precision P != off
-    measured beside an 'off' row of the same configuration (same bench run)."""
+    """Lines 'backend model rN: S / B training img/s = R' for each row whose settings S
+    (precision != off, xla != auto) differ from the default-settings row B of the same
+    configuration measured in the same bench run: 'bf16 / off', 'xla on / xla auto',
+    'bf16 + xla on / off + xla auto'."""
     lines = []
     key = lambda r: (r['backend'], r['model'], r['routings'])
-    base = {key(r): r for r in results if r.get('precision') == 'off'}
+    settings = lambda r: (r.get('precision', 'off'), r.get('xla', 'auto'))
+    base = {key(r): r for r in results if settings(r) == ('off', 'auto')}
     for r in results:
-        if r.get('precision', 'off') != 'off' and key(r) in base:
-            lines.append('%s %s%s: %s / off training img/s = %.2f' % (
-                r['backend'], r['model'], routing_label(r['routings']), r['precision'],
-                r['train_images_per_s'] / base[key(r)]['train_images_per_s']))
+        precision, xla = settings(r)
+        if (precision, xla) == ('off', 'auto') or key(r) not in base:
+            continue
+        changed = [(precision, 'off')] if precision != 'off' else []
+        changed += [('xla ' + xla, 'xla auto')] if xla != 'auto' else []
+        lines.append('%s %s%s: %s / %s training img/s = %.2f' % (
+            r['backend'], r['model'], routing_label(r['routings']),
+            ' + '.join(c[0] for c in changed), ' + '.join(c[1] for c in changed),
+            r['train_images_per_s'] / base[key(r)]['train_images_per_s']))
     return lines
 
 
@@ -228,17 +239,18 @@ def routing_label(routings):
 
 
 def run_parent(args):
-    results, no_routing = [], set()  # no_routing: (backend, model, precision) timed once
-    configs = [(backend, model, int(routings), precision)
+    results, no_routing = [], set()  # no_routing: (backend, model, precision, xla) timed once
+    configs = [(backend, model, int(routings), precision, xla)
                for backend in args.backends.split(',') for model in args.models.split(',')
-               for routings in args.routings.split(',') for precision in args.precision.split(',')]
-    for backend, model, routings, precision in configs:
-        if (backend, model, precision) in no_routing:
+               for routings in args.routings.split(',') for precision in args.precision.split(',')
+               for xla in args.xla.split(',')]
+    for backend, model, routings, precision, xla in configs:
+        if (backend, model, precision, xla) in no_routing:
             continue
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--model', model,
                '--routings', str(routings), '--batch_size', str(args.batch_size),
                '--steps', str(args.steps), '--warmup', str(args.warmup),
-               '--precision', precision]
+               '--precision', precision, '--xla', xla]
         cmd += ['--compare'] if args.compare else []
         cmd += ['--arch', args.arch] if args.arch else []
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3')
@@ -251,7 +263,7 @@ def run_parent(args):
             continue
         results.append(json.loads(found[-1][len('RESULT '):]))
         if results[-1]['routings'] is None:
-            no_routing.add((backend, model, precision))
+            no_routing.add((backend, model, precision, xla))
         print(json.dumps(results[-1]), flush=True)
     text = '\n'.join([table(results)] + ratios(results))
     print(text)
@@ -276,6 +288,9 @@ def main(argv=None):
     p.add_argument('--precision', default='off',
                    help='comma-separated --mixed_precision settings (off, bf16, fp16); with '
                         'off and another, their training img/s ratio is printed')
+    p.add_argument('--xla', default='auto',
+                   help="comma-separated --xla settings (auto, on: TensorFlow's steps compiled "
+                        "with XLA); with auto and on, their training img/s ratio is printed")
     p.add_argument('--arch', default='',
                    help='architecture options for the model builder, NAME=INTEGER comma-separated '
                         '(e.g. conv1_filters=64,primary_channels=8; default: the paper\'s)')

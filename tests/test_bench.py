@@ -76,6 +76,18 @@ def test_models_without_routing_are_timed_once(monkeypatch, capsys):
     assert '| b | efficient |  |' in out  # no routing column value, not "None"
 
 
+def test_ratios_set_each_setting_against_the_default_row():
+    row = lambda precision, xla, img_s: {'backend': 'b', 'model': 'capsnet', 'routings': 3,
+                                          'precision': precision, 'xla': xla,
+                                          'train_images_per_s': img_s}
+    assert bench.ratios([row('off', 'auto', 100.), row('off', 'on', 125.),
+                         row('bf16', 'auto', 160.), row('bf16', 'on', 200.)]) == [
+        'b capsnet r3: xla on / xla auto training img/s = 1.25',
+        'b capsnet r3: bf16 / off training img/s = 1.60',
+        'b capsnet r3: bf16 + xla on / off + xla auto training img/s = 2.00']
+    assert bench.ratios([row('off', 'on', 125.)]) == []  # no default row in this run
+
+
 def test_bad_arch_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(['--arch', 'conv1_filters=wide'])
