@@ -163,12 +163,14 @@ def run_worker(args, arch):
     C.set_precision(args.precision)
     options = model_options(args.model, args.routings, arch)
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
-    capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[args.model],
-                             xla=args.xla)
+    spec = capsulenet.MODELS[args.model]
+    capsulenet.compile_model(train_model, 1e-3, 0.392, spec, xla=args.xla)
     rng = np.random.RandomState(0)
     x = rng.rand(args.batch_size, 28, 28, 1).astype('float32')
     y = np.eye(10, dtype='float32')[rng.randint(0, 10, args.batch_size)]
-    train_s = median_seconds(lambda: train_model.train_on_batch([x, y], [y, x]),
+    # capsule models: (image, label) -> (scores, reconstruction); a classifier: image -> label
+    inputs, targets = (x, y) if spec.kind == 'classifier' else ([x, y], [y, x])
+    train_s = median_seconds(lambda: train_model.train_on_batch(inputs, targets),
                              args.steps, args.warmup)
     infer_s = median_seconds(lambda: eval_model.predict_on_batch(x), args.steps, args.warmup)
     result = {'backend': C.BACKEND, 'keras': C.keras.__version__, 'model': args.model,

@@ -51,6 +51,17 @@ def test_bench_prints_a_table():
     assert float(row['seed-style / ours']) > 0
 
 
+def test_worker_times_a_classifier(capsys):
+    """The CNN baseline trains on image -> label (one input), not (image, label) -> (scores,
+    reconstruction) as the capsule models do: its worker times it (in this process)."""
+    C.clear_session(free_memory=False)
+    bench.main(['--worker', '--model', 'cnn', '--routings', '1', '--batch_size', '4',
+                '--steps', '1', '--warmup', '0', '--arch', 'conv1_filters=4'])
+    result = json.loads(capsys.readouterr().out.split('RESULT ')[-1])
+    assert result['model'] == 'cnn' and result['routings'] is None
+    assert result['train_ms_per_step'] > 0 and result['infer_images_per_s'] > 0
+
+
 def test_models_without_routing_are_timed_once(monkeypatch, capsys):
     """--routings 1,2,3 times efficient (no routing) once per precision, capsnet three times."""
     calls = []
