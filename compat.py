@@ -8,8 +8,8 @@ What differs, and how it is settled here:
 - tensor ops: keras.backend (2.2.4) vs keras.ops (3): thin wrappers with one signature.
 - batch_dot: 2.2.4 and Keras >= 2.3 disagree for rank > 3 operands (XifengGuo/CapsNet-Keras
   #104); both agree on rank-3 batched matrix products, the only form used here.
-- optimizer state, devices (data-parallel training), CPU threads and seeds: each Keras and
-  backend sets them its own way.
+- optimizer state, devices (data-parallel training), CPU threads, seeds, mixed precision and
+  XLA (--xla): each Keras and backend sets them its own way.
 (The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's.)
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 """
@@ -402,8 +402,9 @@ XLA_MODES = ('auto', 'on')
 def xla_compile_options(mode, seeded=False, distributed=False, testing=False):
     """model.compile keyword arguments for --xla: 'auto' -> {} (Keras decides: on TensorFlow
     XLA on GPUs only, JAX always compiles with XLA, PyTorch runs eagerly); 'on' -> the
-    TensorFlow train/test/predict steps compiled with XLA (jit_compile=True), which Keras' auto
-    leaves off on CPU-only machines although it is faster there too (README, Speed).
+    TensorFlow train and validation steps compiled with XLA (jit_compile=True), which Keras'
+    auto leaves off on CPU-only machines although the paper's CapsNet trains faster with it
+    there in float32 (and the other models slower: README, Speed).
     A UserError where 'on' cannot hold: with TensorFlow's deterministic ops (seeded: --seed;
     Keras then turns XLA off), under tf.distribute (distributed; Keras' auto never combines
     them and it is not tested here), on PyTorch (jit_compile is torch.compile there) and on
