@@ -161,9 +161,9 @@ def run_worker(args, arch):
     import capsulenet
     threads = C.configure_threads()  # CAPSNET_THREADS
     C.set_precision(args.precision)
+    spec = capsulenet.MODELS[args.model]
     options = model_options(args.model, args.routings, arch)
     train_model, eval_model, _ = capsulenet.build_models(args.model, (28, 28, 1), 10, **options)
-    spec = capsulenet.MODELS[args.model]
     capsulenet.compile_model(train_model, 1e-3, 0.392, spec, xla=args.xla)
     rng = np.random.RandomState(0)
     x = rng.rand(args.batch_size, 28, 28, 1).astype('float32')
@@ -181,7 +181,7 @@ def run_worker(args, arch):
               'train_ms_per_step': round(1000 * train_s, 1),
               'train_images_per_s': round(args.batch_size / train_s, 1),
               'infer_images_per_s': round(args.batch_size / infer_s, 1)}
-    if args.compare and 'routings' in capsulenet.MODELS[args.model].flags:
+    if args.compare and 'routings' in spec.flags:
         measured = compare_routing(args.routings, args.batch_size, args.steps, args.warmup)
         measured.update(compare_training_step(args.model, args.routings, x, y, args.steps,
                                               args.warmup, arch))

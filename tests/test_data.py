@@ -22,7 +22,6 @@ def test_load_mnist_formats(tmp_path, gz, style):
     assert y.shape == (20, 10) and (y.argmax(1) == arrays['train_labels']).all()
 
 
-
 def test_load_mnist_subsets_equal_slices_and_a_rewritten_file_is_read_again(tmp_path):
     folder = str(tmp_path)
     fake_mnist(folder, 20, 10)
@@ -37,6 +36,7 @@ def test_load_mnist_subsets_equal_slices_and_a_rewritten_file_is_read_again(tmp_
     (x2, _), _ = utils.load_mnist(folder)
     assert x2.shape[0] == 30
     np.testing.assert_allclose(x2[..., 0] * 255, arrays['train_images'], atol=1e-3)
+
 
 def test_vendored_mnist_is_the_real_one():
     (x, y), (xt, yt) = utils.load_mnist()
