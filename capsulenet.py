@@ -323,7 +323,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
         lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
         lam_recon=0.392, workers=1, mixed_precision='off', xla='auto', keep_checkpoints=2,
         early_stopping=None, stop_at_val_acc=None, debug=False, digit=5, data_dir=None,
-        train_samples=None, test_samples=None, **options):
+        train_samples=None, test_samples=None, summary=False, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir)."""
@@ -355,7 +355,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
             # the test images give the input shape: training digits / crops may be other sizes
             train_model, eval_model, manipulate_model = build_models(
                 model, x_test.shape[1:], y_test.shape[1], dataset, **options)
-        train_model.summary()
+        describe(model, train_model, summary)
         if weights is not None:
             if load_weights_h5(train_model, weights) == 'full-model':
                 print('note: %s is a full-model file: loaded its weights only (its model config '
@@ -401,6 +401,18 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
             if extra is not None:
                 evaluation.affnist_report(eval_model, model, spec.kind, acc, len(x_test), extra,
                                           batch_size, save_dir)
+
+
+def describe(model, train_model, summary=False):
+    """Prints what runs, in one line: the model, its parameter count (and without the
+    decoder), Keras, the backend, its devices, the precision. summary: Keras'
+    layer-by-layer table of train_model before it (--summary)."""
+    if summary:
+        train_model.summary()
+    count = format(train_model.count_params(), ',') + ' parameters'
+    if MODELS[model].kind != 'classifier':
+        count += ' (%s trainable without the decoder)' % format(trainable_count(train_model), ',')
+    print('%s: %s; %s' % (model, count, C.stack_line()))
 
 
 def model_sizes(model, options):
@@ -497,6 +509,8 @@ def build_parser():
     p.add_argument('--shift_fraction', default=None, type=_bounded(float, 0, 0.5),
                    help='max random shift as a fraction of the image size (default 0.1 -> 2 px)')
     p.add_argument('--debug', action='store_true', help='write TensorBoard logs')
+    p.add_argument('--summary', action='store_true',
+                   help="print Keras' layer-by-layer model summary at start-up")
     p.add_argument('--save_dir', default='./result', help='where weights, logs and figures go')
     p.add_argument('-t', '--testing', action='store_true',
                    help='test the model given by -w instead of training')

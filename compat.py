@@ -598,6 +598,33 @@ def set_optimizer_state(model, arrays):
         _K.batch_set_value(list(zip(variables, arrays)))
 
 
+# ---------------------------------------------------------------- what runs where
+def gpu_names():
+    """Names of the GPUs the backend computes on ([] on a CPU-only machine)."""
+    if BACKEND == 'tensorflow' and KERAS3:
+        import tensorflow as tf
+        return [d.name for d in tf.config.list_physical_devices('GPU')]
+    if BACKEND == 'tensorflow':  # keras 2.2.4: the TF 1.x session's devices
+        return [d.name for d in _K.get_session().list_devices() if 'GPU' in d.device_type]
+    if BACKEND == 'jax':
+        import jax
+        return [str(d) for d in jax.devices() if d.platform == 'gpu']
+    if BACKEND == 'torch':
+        import torch
+        return ['cuda:%d %s' % (i, torch.cuda.get_device_name(i))
+                for i in range(torch.cuda.device_count())]
+    return []
+
+
+def stack_line():
+    """'Keras 3.15.1, backend tensorflow, on the CPU (no GPU found), float32': the Keras
+    version, the backend, its devices and the dtype policy that layers compute in."""
+    gpus = gpu_names()
+    policy = keras.mixed_precision.global_policy().name if KERAS3 else 'float32'
+    return 'Keras %s, backend %s, on %s, %s' % (
+        keras.__version__, BACKEND, ', '.join(gpus) if gpus else 'the CPU (no GPU found)', policy)
+
+
 # ---------------------------------------------------------------- several devices
 def _tf_devices(n_devices):
     """Names of n_devices TensorFlow devices: GPUs, else logical CPU devices made for the run

@@ -34,6 +34,7 @@ def accuracy_of(scores, y):
 def test(eval_model, kind, x_test, y_test, batch_size, save_dir):
     """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png
     (MultiMNIST: multimnist_recon.png). Returns the accuracy."""
+    print('Testing on %d test images:' % len(x_test))  # names the progress bar below
     y_pred, recons = predict(eval_model, kind, x_test, batch_size)
     acc = accuracy_of(y_pred, y_test)
     print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
@@ -78,6 +79,7 @@ def manipulate_latent(model, x_test, y_test, digit, seed, save_dir):
     for d in range(dim):
         noise[d * len(steps):(d + 1) * len(steps), :, d] = steps[:, None]
     n = len(noise)
+    print('Drawing digit %d with each of its %d capsule dimensions changed:' % (digit, dim))
     recon = model.predict([np.repeat(x, n, 0), np.repeat(y, n, 0), noise], batch_size=len(steps))
     path = os.path.join(save_dir, 'manipulate-%d.png' % digit)
     utils.save_image(utils.combine_images(recon, height=dim), path)
@@ -90,6 +92,7 @@ def affnist_report(eval_model, model, kind, expanded_acc, expanded_images, affni
     prints it beside the expanded-MNIST accuracy and writes <save_dir>/affnist_results.json.
     model: the --model name; kind: its MODELS kind."""
     x, y, description = affnist_set
+    print('Testing on %d images of %s:' % (len(x), description))
     acc = accuracy_of(predict(eval_model, kind, x, batch_size)[0], y)
     results = {'model': model, 'expanded_mnist_accuracy': expanded_acc,
                'expanded_mnist_images': expanded_images,

@@ -22,6 +22,13 @@ os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository on GitHub, "owner/name": the notebooks' set-up cell clones it on a fresh Colab
+# runtime, and the README's "Open in Colab" links point into it. A placeholder until the
+# repository is published: `python notebooks/nbsetup.py --github owner/name` writes the real one
+# here, into the three set-up cells and into the README's links (tests/test_readme.py checks
+# that they all agree).
+GITHUB = 'YOUR-ACCOUNT/capsnet-keras'
+NOTEBOOKS = ('quickstart.ipynb', 'train.ipynb', 'perturbation.ipynb')
 SMALL = os.environ.get('CAPSNET_NOTEBOOK_SMALL', '') not in ('', '0')
 IN_COLAB = 'google.colab' in sys.modules
 OUT = os.path.abspath(os.environ.get('CAPSNET_NOTEBOOK_OUT')
@@ -67,20 +74,8 @@ def describe_stack():
     """Prints the Keras version, the backend and the devices it will compute on; returns
     the list of GPU names (empty on a CPU machine)."""
     import compat as C
-    gpus = []
-    if C.BACKEND == 'tensorflow':
-        import tensorflow as tf
-        gpus = [d.name for d in tf.config.list_physical_devices('GPU')]
-    elif C.BACKEND == 'jax':
-        import jax
-        gpus = [str(d) for d in jax.devices() if d.platform == 'gpu']
-    elif C.BACKEND == 'torch':
-        import torch
-        gpus = ['cuda:%d %s' % (i, torch.cuda.get_device_name(i))
-                for i in range(torch.cuda.device_count())]
-    print('Keras %s, backend %s, computing on %s' % (
-        C.keras.__version__, C.BACKEND, ', '.join(gpus) if gpus else 'the CPU (no GPU found)'))
-    return gpus
+    print(C.stack_line())
+    return C.gpu_names()
 
 
 def cli(*args):
@@ -205,3 +200,36 @@ def show_figure(figure):
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png')
     display(Image(data=buffer.getvalue()))
+
+
+def colab_url(notebook, github=GITHUB, branch='main'):
+    """The "Open in Colab" address of notebooks/<notebook> in the GitHub repository."""
+    return 'https://colab.research.google.com/github/%s/blob/%s/notebooks/%s' % (
+        github, branch, notebook)
+
+
+def set_github(new, old=GITHUB):
+    """Replaces the repository `old` ("owner/name") by `new` in this file, the notebooks and
+    README.md (the set-up cells' REPO_URL and the Colab links). Returns the files changed."""
+    if new.count('/') != 1 or any(c in new for c in ' "\'):
+        raise SystemExit('error: --github takes "owner/name", e.g. someone/capsnet-keras')
+    paths = [os.path.abspath(__file__), os.path.join(REPO, 'README.md')] + [
+        os.path.join(REPO, 'notebooks', n) for n in NOTEBOOKS]
+    changed = []
+    for path in paths:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        if old in text:
+            with open(path, 'w', encoding='utf-8') as f:
+                f.write(text.replace(old, new))
+            changed.append(os.path.relpath(path, REPO))
+    return changed
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Point the notebooks and the README\'s Colab '
+                                     'links at the GitHub repository owner/name.')
+    parser.add_argument('--github', required=True, metavar='OWNER/NAME')
+    for name in set_github(parser.parse_args().github):
+        print('updated %s' % name)
