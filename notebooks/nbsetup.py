@@ -208,13 +208,14 @@ def colab_url(notebook, github=GITHUB, branch='main'):
         github, branch, notebook)
 
 
-def set_github(new, old=GITHUB):
-    """Replaces the repository `old` ("owner/name") by `new` in this file, the notebooks and
-    README.md (the set-up cells' REPO_URL and the Colab links). Returns the files changed."""
-    if new.count('/') != 1 or any(c in new for c in ' "\'):
+def set_github(new, old=GITHUB, root=REPO):
+    """Replaces the repository `old` ("owner/name") by `new` in nbsetup.py, the notebooks and
+    README.md under `root` (the set-up cells' REPO_URL and the Colab links). Returns the
+    files changed, relative to root."""
+    if new.count('/') != 1 or any(c in new for c in ' "\'\\'):
         raise SystemExit('error: --github takes "owner/name", e.g. someone/capsnet-keras')
-    paths = [os.path.abspath(__file__), os.path.join(REPO, 'README.md')] + [
-        os.path.join(REPO, 'notebooks', n) for n in NOTEBOOKS]
+    paths = [os.path.join(root, 'notebooks', 'nbsetup.py'), os.path.join(root, 'README.md')] + [
+        os.path.join(root, 'notebooks', n) for n in NOTEBOOKS]
     changed = []
     for path in paths:
         with open(path, encoding='utf-8') as f:
@@ -222,14 +223,14 @@ def set_github(new, old=GITHUB):
         if old in text:
             with open(path, 'w', encoding='utf-8') as f:
                 f.write(text.replace(old, new))
-            changed.append(os.path.relpath(path, REPO))
+            changed.append(os.path.relpath(path, root))
     return changed
 
 
 if __name__ == '__main__':
     import argparse
-    parser = argparse.ArgumentParser(description='Point the notebooks and the README\'s Colab '
-                                     'links at the GitHub repository owner/name.')
+    parser = argparse.ArgumentParser(description="Point the notebooks and the README's Colab "
+                                     'links at the GitHub repository OWNER/NAME.')
     parser.add_argument('--github', required=True, metavar='OWNER/NAME')
     for name in set_github(parser.parse_args().github):
         print('updated %s' % name)
