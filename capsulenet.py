@@ -36,7 +36,7 @@ from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrima
 from compat import layers, models
 from data_errors import DataError
 from h5weights import load_weights_h5
-from safeio import UserError
+from safeio import OneLineParser, UserError
 
 
 # ---------------------------------------------------------------- models
@@ -424,13 +424,6 @@ def model_sizes(model, options):
 
 
 # ---------------------------------------------------------------- CLI
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags as one line (no usage dump) and exits 2."""
-
-    def error(self, message):
-        self.exit(2, 'error: %s\n' % message)
-
-
 class RecipeParser(OneLineParser):
     """OneLineParser that refuses the model and dataset flags that do not apply to the chosen
     --model / --dataset, then fills the flags left unset (None) from MODELS[--model].recipe."""

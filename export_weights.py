@@ -8,10 +8,19 @@ images and the first 500), writes the weights as float16 (half the file; every s
 it into float32 variables), loads that file back into the same model and measures again, and
 records both in pretrained/manifest.json, which tests/test_pretrained.py holds the shipped
 files to. Options given with --option key=value (e.g. routings=3) size the model.
+
+Every input (options, checkpoint, log, the manifest beside --out, --out's folder) is checked
+before anything is written, and the new file and manifest are both written in full before
+either replaces the old one: bad input is one `error:` line with both left as they were.
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 
@@ -20,7 +29,8 @@ import capsulenet
 import evaluation
 import h5weights
 import utils
-from safeio import UserError, atomic_write
+from safeio import OneLineParser, UserError, atomic_write
+from viewer import model_options
 
 FIRST = 500  # the test images a CI test classifies with the shipped file
 
@@ -46,11 +56,19 @@ def accuracies(model, options, weights, x, y):
 
 
 def log_summary(log_path):
-    """Epochs trained and the best / last validation accuracy of a Keras CSV log."""
+    """Epochs trained and the best / last validation accuracy of a Keras CSV log; UserError
+    for a log without a val_...accuracy column or without a finite last value in it."""
     frame = utils.read_logs([log_path])[0][1]
-    column = [c for c in frame.columns if c.startswith('val_') and c.endswith('accuracy')][0]
-    return {'epochs': int(len(frame)), 'best_val_accuracy': float(frame[column].max()),
-            'last_val_accuracy': float(frame[column].iloc[-1])}
+    columns = [c for c in frame.columns if c.startswith('val_') and c.endswith('accuracy')]
+    if not columns:
+        raise UserError('%s has no validation accuracy column (val_...accuracy), only %s'
+                        % (log_path, ', '.join(frame.columns)))
+    summary = {'epochs': int(len(frame)), 'best_val_accuracy': float(frame[columns[0]].max()),
+               'last_val_accuracy': float(frame[columns[0]].iloc[-1])}
+    if not all(math.isfinite(v) for v in summary.values()):  # json would write NaN: not JSON
+        raise UserError('%s: column %s ends in a value that is not a number'
+                        % (log_path, columns[0]))
+    return summary
 
 
 def sha256(path):
@@ -58,52 +76,91 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def update_manifest(path, name, entry):
-    """Sets manifest[name] = entry in the JSON file at path (written atomically)."""
-    manifest = {}
-    if os.path.exists(path):
+def manifest_path(out):
+    """The manifest.json beside the file `out`."""
+    return os.path.join(os.path.dirname(out) or '.', 'manifest.json')
+
+
+def read_manifest(path):
+    """The manifest at path as {file name: entry} ({} when there is none yet); UserError if it
+    cannot be read or is not a JSON object (it is left as it is, not replaced)."""
+    if not os.path.exists(path):
+        return {}
+    try:
         with open(path) as f:
             manifest = json.load(f)
-    manifest[name] = entry
-    with atomic_write(path) as tmp:
-        with open(tmp, 'w') as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write('\n')
+    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
+        raise UserError('cannot read %s (mend or move it): %s' % (path, e))
+    if not isinstance(manifest, dict):
+        raise UserError('%s is not a JSON object {file name: entry} (mend or move it)' % path)
+    return manifest
+
+
+def checked_options(model, options):
+    """options {key: value} as capsulenet.py's flags of `model` give them (e.g. {'routings':
+    3}), checked as that command line checks them; UserError for a key that is no such flag."""
+    sizes = capsulenet.MODELS[model].flags
+    unknown = sorted(key for key in options if key not in sizes)
+    if unknown:
+        raise UserError('--option %s: not an option of --model %s (it takes %s)' % (
+            unknown[0], model, ', '.join(sizes)))
+    return model_options(model, ['--%s=%s' % item for item in sorted(options.items())])
+
+
+def check_out(out, weights):
+    """UserError unless `out` can be written as a new file beside the existing ones."""
+    folder = os.path.dirname(out) or '.'
+    if os.path.isdir(out):
+        raise UserError('--out %s is a folder; name the .h5 file to write' % out)
+    if not os.path.isdir(folder):
+        raise UserError('--out %s: no folder %s' % (out, folder))
+    if not os.access(folder, os.W_OK):
+        raise UserError('--out %s: cannot write in %s' % (out, folder))
+    if os.path.exists(out) and os.path.exists(weights) and os.path.samefile(out, weights):
+        raise UserError('--out %s is the checkpoint -w itself: its float32 weights would be '
+                        'replaced; name another file' % out)
 
 
 def export(model, weights, out, options=None, log=None, data_dir=None, note=None):
-    """The whole export; returns the manifest entry written for `out`."""
-    options = dict(options or {})
-    (_, _), (x_test, y_test) = utils.load_mnist(data_dir, train_samples=0)
+    """The whole export; returns the manifest entry written for `out`. Everything is checked
+    before anything is written; `out` and its manifest are written to temp files in full, then
+    renamed over the old ones (UserError: both left as they were)."""
+    options = checked_options(model, dict(options or {}))
+    manifest = read_manifest(manifest_path(out))
+    check_out(out, weights)
+    summary = log_summary(log) if log else {}
     kind = capsulenet.MODELS[model].kind
     train_model, eval_model = load_models(model, options, weights)
+    (_, _), (x_test, y_test) = utils.load_mnist(data_dir, train_samples=0)
     f32_all, f32_first = scored(eval_model, kind, x_test, y_test)
-    h5weights.save_weights_h5(train_model, out, dtype='float16')
-    h5weights.load_weights_h5(train_model, out)  # float16 file -> the same float32 variables
-    f16_all, f16_first = scored(eval_model, kind, x_test, y_test)
-    entry = {'model': model, 'options': options, 'dtype': 'float16',
-             'bytes': os.path.getsize(out), 'sha256': sha256(out),
-             'float32_test_accuracy': f32_all, 'float32_first%d_accuracy' % FIRST: f32_first,
-             'float16_test_accuracy': f16_all, 'float16_first%d_accuracy' % FIRST: f16_first,
-             'stack': 'keras %s, %s backend' % (C.keras.__version__, C.BACKEND)}
-    if log:
-        entry.update(log_summary(log))
-    if note:
-        entry['note'] = note
-    update_manifest(os.path.join(os.path.dirname(out) or '.', 'manifest.json'),
-                    os.path.basename(out), entry)
-    return entry
+    with atomic_write(manifest_path(out)) as new_manifest, atomic_write(out) as new_out:
+        h5weights.save_weights_h5(train_model, new_out, dtype='float16')
+        h5weights.load_weights_h5(train_model, new_out)  # float16 -> the same float32 variables
+        f16_all, f16_first = scored(eval_model, kind, x_test, y_test)
+        entry = {'model': model, 'options': options, 'dtype': 'float16',
+                 'bytes': os.path.getsize(new_out), 'sha256': sha256(new_out),
+                 'float32_test_accuracy': f32_all, 'float32_first%d_accuracy' % FIRST: f32_first,
+                 'float16_test_accuracy': f16_all, 'float16_first%d_accuracy' % FIRST: f16_first,
+                 'stack': 'keras %s, %s backend' % (C.keras.__version__, C.BACKEND)}
+        entry.update(summary)
+        if note:
+            entry['note'] = note
+        manifest[os.path.basename(out)] = entry
+        with open(new_manifest, 'w') as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write('\n')
+    return entry  # out renamed into place first, then the manifest naming its sha256
 
 
 def parse_option(text):
     key, _, value = text.partition('=')
     if not key or not value:
         raise argparse.ArgumentTypeError('expected key=value, got %r' % text)
-    return key, int(value) if value.isdigit() else value
+    return key, value  # checked_options checks it as capsulenet.py checks its flag
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument('--model', default='capsnet', choices=sorted(capsulenet.MODELS))
     p.add_argument('-w', '--weights', required=True, help='the float32 checkpoint (.h5)')
     p.add_argument('--out', required=True, help='the float16 file to write')

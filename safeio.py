@@ -1,10 +1,12 @@
 """User-facing errors and crash-safe file writes; no Keras, so every module may import it.
 
 UserError: a problem with the user's input (file, flag, data), printed by the command lines as
-one `error:` line, never a traceback. atomic_write: write a temp file, rename it over the target;
+one `error:` line, never a traceback. OneLineParser: argparse whose bad flags are such a line
+too (every command line's parser). atomic_write: write a temp file, rename it over the target;
 remove_stale_temps: clear the temp files of writers that were killed mid-write.
 interrupt_is_one_line: Ctrl-C before a command line's own handler runs gives one line too.
 """
+import argparse
 import contextlib
 import os
 import re
@@ -13,6 +15,15 @@ import sys
 
 class UserError(Exception):
     """A problem with the user's input (file, flag, data): printed as one line, no traceback."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags as one line (no usage dump) and exits 2; --help is
+    unchanged. Its subcommands' parsers are OneLineParsers too (argparse makes them of the
+    parent's class)."""
+
+    def error(self, message):
+        self.exit(2, 'error: %s\n' % message)
 
 
 def atomic_path(path):

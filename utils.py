@@ -8,7 +8,6 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
     import safeio
     safeio.interrupt_is_one_line()
 
-import argparse
 import functools
 import gzip
 import os
@@ -19,7 +18,7 @@ import zlib
 import numpy as np
 
 from paper import TABLE1
-from safeio import UserError, atomic_write
+from safeio import OneLineParser, UserError, atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST_DIR = os.path.join(HERE, 'data', 'mnist')
@@ -364,7 +363,7 @@ def main(argv=None):
     if argv[:1] == ['perturb']:
         import viewer  # only here: the viewer needs Keras, plot and table must not load it
         return viewer.main(argv[1:])
-    parser = argparse.ArgumentParser(description='Plots for CapsNet training logs.')
+    parser = OneLineParser(description='Plots for CapsNet training logs.')
     sub = parser.add_subparsers(dest='command')
     plot = sub.add_parser('plot', help='plot one or several Keras CSVLogger log files')
     plot.add_argument('csv', nargs='+', help='log.csv files (Keras CSVLogger format)')
@@ -384,8 +383,7 @@ def main(argv=None):
         elif args.command == 'table':
             print(results_table(args.csv))
         else:
-            parser.print_help()
-            return 2
+            parser.error('choose a command: plot, table or perturb (see python utils.py -h)')
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2

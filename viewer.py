@@ -3,6 +3,9 @@
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
     python viewer.py -w result/trained_model.h5 --out viewer.png   # the same, headless
 
+Without a display (SSH, a server: matplotlib falls back to Agg) and without --out, the command
+stops at once with one `error:` line saying to use --out, rather than showing nothing.
+
 In a notebook, WidgetPanel(viewer) puts ipywidgets controls on it (notebooks/perturbation.ipynb).
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
@@ -17,7 +20,7 @@ import numpy as np
 import capsulenet
 import compat as C
 from h5weights import load_weights_h5
-from safeio import UserError
+from safeio import OneLineParser, UserError
 from utils import load_mnist, save_figure
 
 
@@ -220,14 +223,15 @@ def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=
 
 
 def build_parser():
-    perturb = capsulenet.OneLineParser(
+    perturb = OneLineParser(
         prog='utils.py perturb', description='interactive capsule-dimension perturbation viewer '
         '(matplotlib); further capsulenet.py architecture flags are passed through')
     perturb.add_argument('-w', '--weights', required=True, help='trained weights .h5')
     perturb.add_argument('--model', default='capsnet', choices=['capsnet', 'efficient'],
                          help='architecture the weights belong to')
-    perturb.add_argument('--index', default=0, type=int, help='first test image shown')
-    perturb.add_argument('--test_samples', default=100, type=int,
+    perturb.add_argument('--index', default=0, type=capsulenet._bounded(int, 0),
+                         help='first test image shown')
+    perturb.add_argument('--test_samples', default=100, type=capsulenet._bounded(int, 1),
                          help='how many MNIST test images the chooser offers')
     perturb.add_argument('--data_dir', default=None, help='folder with the MNIST idx files')
     perturb.add_argument('--out', default=None,
@@ -235,12 +239,38 @@ def build_parser():
     return perturb
 
 
+def _raise_user_error(message):
+    raise UserError(message)
+
+
 def model_options(model, model_args):
     """The capsulenet.py flags in model_args (e.g. ['--conv1_filters', '64']) as keyword
-    arguments of capsulenet.build_models, checked as that command line checks them."""
-    cli = capsulenet.build_parser().parse_args(['--model', model] + list(model_args))
-    return {k: getattr(cli, k) for k in capsulenet.MODELS[model].flags
-            if getattr(cli, k) is not None and k != 'lam_recon'}
+    arguments of capsulenet.build_models, checked as that command line checks them; UserError
+    for a bad value and for a flag that does not size `model` (e.g. --epochs, --dataset),
+    which would otherwise be ignored without a word."""
+    parser = capsulenet.build_parser()
+    parser.error = _raise_user_error  # a UserError for the caller, not the parser's exit
+    given = vars(parser.parse_args(['--model', model] + list(model_args)))
+    default = vars(parser.parse_args(['--model', model]))
+    sizes = capsulenet.MODELS[model].flags
+    ignored = sorted(k for k, v in given.items() if v != default[k] and k not in sizes)
+    if ignored:
+        takes = ['--' + k for k in sizes if k != 'lam_recon']  # lam_recon: accepted, unused
+        raise UserError('--%s does not size --model %s (it takes %s)'
+                        % (ignored[0], model, ', '.join(takes) or 'no such flags'))
+    return {k: given[k] for k in sizes if given[k] is not None and k != 'lam_recon'}
+
+
+def can_show():
+    """Whether plt.show() opens a window here: not on a non-interactive matplotlib backend,
+    which is what it falls back to without a display (SSH, WSL, a server) or MPLBACKEND=Agg
+    gives; there it would return at once having shown nothing."""
+    import matplotlib.pyplot as plt
+    figure = plt.figure()
+    try:  # None on Agg, pdf, svg, ...; 'tk', 'qt', ... on the window backends
+        return getattr(figure.canvas, 'required_interactive_framework', None) is not None
+    finally:
+        plt.close(figure)
 
 
 def main(argv=None):
@@ -260,6 +290,10 @@ def perturb_command(args, options):
     import matplotlib
     if args.out:
         matplotlib.use('Agg')
+    elif not can_show():  # before the seconds of loading the model and the data
+        raise UserError('no display to open the viewer window on (matplotlib backend %s); '
+                        'save the figure instead with --out viewer.png'
+                        % matplotlib.get_backend())
     viewer = build_viewer(args.weights, args.model, args.index, args.data_dir,
                           args.test_samples, **options)
     import matplotlib.pyplot as plt

@@ -75,6 +75,7 @@ def test_export_writes_float16_file_and_manifest(tmp_path):
     assert os.path.getsize(out) < 0.6 * os.path.getsize(source)  # float16: about half
     with open(os.path.join(os.path.dirname(out), 'manifest.json')) as f:
         assert json.load(f) == {'tiny.h5': entry}
+    assert sorted(os.listdir(os.path.dirname(out))) == ['manifest.json', 'tiny.h5']  # no temps
     assert entry['sha256'] == export_weights.sha256(out)
     # the same random-weights model, so the same answers in float16 and float32 (40 images)
     assert abs(entry['float16_test_accuracy'] - entry['float32_test_accuracy']) <= 1 / 40.

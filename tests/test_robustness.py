@@ -28,9 +28,11 @@ import compat as C
 import h5weights  # noqa: E402
 import capsulenet
 import datasets
+import export_weights
 import utils
 import helpers
 import training
+import viewer
 from helpers import assert_one_error_line, idx_bytes, run_main
 
 pytestmark = pytest.mark.end_to_end
@@ -643,6 +645,126 @@ def test_bad_utils_input(capsys, tmp_path, case):
     code, out, err = run_main(capsys, *argv, log, main=utils.main)
     assert_one_error_line(code, err, message)
     assert sorted(os.listdir(str(tmp_path))) == ['log.csv']
+
+
+# ---------------------------------------------------------------- the small entry points
+# utils.py, its perturb viewer and export_weights.py (issue 30, 12-14; issue 33, 5)
+ARGV_CASES = {  # argparse's usage line + error line, before: one `error:` line now
+    'utils_unknown_command': (utils.main, ['nonsense'], "invalid choice: 'nonsense'"),
+    'utils_no_command': (utils.main, [], 'choose a command: plot, table or perturb'),
+    'utils_plot_without_logs': (utils.main, ['plot'], 'required: csv'),
+    'export_without_arguments': (export_weights.main, [], 'required: -w/--weights, --out'),
+    'export_option_without_value': (export_weights.main, ['-w', 'w.h5', '--out', 'o.h5',
+                                                          '--option', 'routings'],
+                                    "expected key=value, got 'routings'"),
+}
+
+
+@pytest.mark.parametrize('case', sorted(ARGV_CASES))
+def test_bad_arguments_are_one_line(capsys, case):
+    main, argv, message = ARGV_CASES[case]
+    code, out, err = run_main(capsys, *argv, main=main)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert_one_error_line(code, err, message)
+
+
+def test_help_still_prints_usage(capsys):
+    for main, argv in ((utils.main, ['-h']), (utils.main, ['plot', '-h']),
+                       (utils.main, ['perturb', '-h']), (export_weights.main, ['--help'])):
+        code, out, err = run_main(capsys, *argv, main=main)
+        assert code == 0 and out.startswith('usage:') and not err, (argv, out, err)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """A float32 weights file of the TINY CapsNet."""
+    path = str(tmp_path_factory.mktemp('checkpoint') / 'checkpoint.h5')
+    h5weights.save_weights_h5(tiny_model(), path)
+    return path
+
+
+def _write(name, text):
+    """A case set-up writing text to folder/name; returns the extra flags (none)."""
+    def make(folder):
+        with open(os.path.join(folder, name), 'w') as f:
+            f.write(text)
+        return []
+    return make
+
+
+def _export_log(text):
+    def make(folder):
+        _write('log.csv', text)(folder)
+        return ['--log', os.path.join(folder, 'log.csv')]
+    return make
+
+
+# export_weights.py: each checked before anything is written (before: a traceback or an error
+# after the new file was written, a NaN in the manifest, the float32 checkpoint replaced)
+EXPORT_CASES = {
+    'unknown_option': (lambda folder: ['--option', 'nonsense=3'],
+                       '--option nonsense: not an option of --model capsnet'),
+    'corrupt_manifest': (_write('shipped/manifest.json', '{"o.h5": {'),
+                         'manifest.json (mend or move it)'),
+    'manifest_not_an_object': (_write('shipped/manifest.json', '[1, 2]'),
+                               'manifest.json is not a JSON object'),
+    'log_without_accuracy': (_export_log('epoch,loss\n0,0.5\n'),
+                             'has no validation accuracy column'),
+    'log_ending_in_nan': (_export_log('epoch,loss,val_capsnet_accuracy\n0,0.5,0.9\n1,0.4,nan\n'),
+                          'ends in a value that is not a number'),
+    'missing_log': (lambda folder: ['--log', os.path.join(folder, 'missing.csv')],
+                    'cannot read training log'),
+    'out_is_the_checkpoint': (lambda folder: ['--out', os.path.join(folder, 'checkpoint.h5')],
+                              'is the checkpoint -w itself'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(EXPORT_CASES))
+def test_bad_export_input(capsys, tmp_path, checkpoint, data_dir, case):
+    make, message = EXPORT_CASES[case]
+    folder = str(tmp_path)
+    shutil.copy(checkpoint, folder)
+    os.makedirs(os.path.join(folder, 'shipped'))  # an earlier export: its file and manifest
+    _write('shipped/o.h5', 'an earlier float16 file')(folder)
+    _write('shipped/manifest.json', '{"o.h5": {"model": "capsnet"}}\n')(folder)
+    extra = make(folder)
+    before = snapshot(folder)
+    code, out, err = run_main(capsys, '-w', os.path.join(folder, 'checkpoint.h5'),
+                              '--out', os.path.join(folder, 'shipped', 'o.h5'),
+                              '--data_dir', data_dir, '--option', 'conv1_filters=16',
+                              '--option', 'primary_channels=4', *extra, main=export_weights.main)
+    assert_one_error_line(code, err, message)
+    assert snapshot(folder) == before  # the same bytes: checkpoint, old file and manifest
+
+
+# utils.py perturb (before: exit 0 having shown nothing; --epochs ignored without a word)
+PERTURB_CASES = {
+    'no_display': ([], 'save the figure instead with --out viewer.png'),
+    'flag_that_does_not_size_the_model': (['--out', 'OUT/viewer.png', '--epochs', '3'],
+                                          '--epochs does not size --model capsnet'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(PERTURB_CASES))
+def test_bad_perturb_input(capsys, tmp_path, checkpoint, data_dir, case):
+    extra, message = PERTURB_CASES[case]
+    extra = [a.replace('OUT', str(tmp_path)) for a in extra]
+    code, out, err = run_main(capsys, 'perturb', '-w', checkpoint, '--data_dir', data_dir,
+                              '--test_samples', '5', *(helpers.TINY_FLAGS + extra),
+                              main=utils.main)
+    assert_one_error_line(code, err, message)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_perturb_with_a_display_opens_the_window(capsys, monkeypatch, checkpoint, data_dir):
+    import matplotlib.pyplot as plt
+    shown = []
+    monkeypatch.setattr(viewer, 'can_show', lambda: True)  # a display, as far as it can tell
+    monkeypatch.setattr(plt, 'show', lambda *args, **kwargs: shown.append(plt.gcf()))
+    code, out, err = run_main(capsys, 'perturb', '-w', checkpoint, '--data_dir', data_dir,
+                              '--test_samples', '5', *helpers.TINY_FLAGS, main=utils.main)
+    assert code == 0, err
+    assert len(shown) == 1 and len(shown[0].axes) > 16  # the viewer: images, bars, sliders
 
 
 def _oom_while_building(monkeypatch):
