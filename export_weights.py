@@ -1,13 +1,15 @@
 """Turns a training checkpoint into a shipped float16 weights file and its manifest entry.
 
     python export_weights.py --model efficient -w ~/runs/efficient/best_model.h5 \\
-        --out pretrained/efficient_capsnet.h5 --log ~/runs/efficient/log.csv
+        --out pretrained/efficient_capsnet.h5 --log ~/runs/efficient/log.csv \\
+        --selected "held-out validation"
 
 Loads the float32 checkpoint into the model, measures its MNIST test accuracy (all 10,000
 images and the first 500), writes the weights as float16 (half the file; every stack loads
 it into float32 variables), loads that file back into the same model and measures again, and
 records both in pretrained/manifest.json, which tests/test_pretrained.py holds the shipped
-files to. Options given with --option key=value (e.g. routings=3) size the model.
+files to. Options given with --option key=value (e.g. routings=3) size the model; --selected
+says how the checkpoint's epoch was chosen (the manifest's "selected").
 """
 import argparse
 import hashlib
@@ -53,6 +55,19 @@ def log_summary(log_path):
             'last_val_accuracy': float(frame[column].iloc[-1])}
 
 
+# how a shipped file's epoch was chosen (manifest "selected"): only the first two leave its
+# test accuracy unbiased; a best-test-epoch file overstates it (issue 29)
+SELECTIONS = ('last epoch', 'held-out validation', 'best test epoch')
+
+
+def selection(selected):
+    """The manifest's {"selected": ...} for --selected; UserError for another value."""
+    if selected not in SELECTIONS:
+        raise UserError('--selected must be one of: %s (got %r)'
+                        % (', '.join('"%s"' % s for s in SELECTIONS), selected))
+    return {'selected': selected}
+
+
 def sha256(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -71,9 +86,12 @@ def update_manifest(path, name, entry):
             f.write('\n')
 
 
-def export(model, weights, out, options=None, log=None, data_dir=None, note=None):
-    """The whole export; returns the manifest entry written for `out`."""
+def export(model, weights, out, options=None, log=None, data_dir=None, note=None,
+           selected=None):
+    """The whole export; returns the manifest entry written for `out`. selected: how the
+    checkpoint's epoch was chosen (SELECTIONS; None: not recorded)."""
     options = dict(options or {})
+    chosen = selection(selected) if selected is not None else {}
     (_, _), (x_test, y_test) = utils.load_mnist(data_dir, train_samples=0)
     kind = capsulenet.MODELS[model].kind
     train_model, eval_model = load_models(model, options, weights)
@@ -90,6 +108,7 @@ def export(model, weights, out, options=None, log=None, data_dir=None, note=None
         entry.update(log_summary(log))
     if note:
         entry['note'] = note
+    entry.update(chosen)
     update_manifest(os.path.join(os.path.dirname(out) or '.', 'manifest.json'),
                     os.path.basename(out), entry)
     return entry
@@ -112,14 +131,20 @@ def main(argv=None):
     p.add_argument('--log', default=None, help="the run's log.csv (epochs, accuracies)")
     p.add_argument('--data_dir', default=None)
     p.add_argument('--note', default=None, help='free text kept in the manifest entry')
+    p.add_argument('--selected', required=True, choices=SELECTIONS,
+                   help='how the checkpoint was chosen, recorded as the manifest\'s "selected": '
+                        '"last epoch", "held-out validation" (best_model.h5 of a '
+                        '--validation_split run) or "best test epoch" (best_model.h5 of a run '
+                        'validated on the test set: its test accuracy is optimistic)')
     args = p.parse_args(argv)
     try:
         entry = export(args.model, args.weights, args.out, dict(args.option), args.log,
-                       args.data_dir, args.note)
+                       args.data_dir, args.note, args.selected)
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
     print(json.dumps(entry, indent=2, sort_keys=True))
+    print('%s: selected by %s' % (args.out, entry['selected']))
     return 0
 
 
