@@ -1,7 +1,9 @@
 """Data loading, augmentation, image grids and training-log plots; no Keras.
 
-    python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
-    python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
+    python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]  # several:
+                                       # test error per epoch, log scale, one line per config
+    python utils.py table CSV_data/*.csv   # the paper's Table 1 beside ours: last epoch,
+                                           # last-5 mean ± std, epochs, best (test-selected)
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)

@@ -598,12 +598,12 @@ def test_save_dir_states(capsys, save_dir, data_dir, case):
 
 
 def test_full_disk_while_writing_a_figure(capsys, monkeypatch, trained, save_dir, data_dir):
-    import matplotlib.pyplot as plt
+    import matplotlib.image  # pyplot.imsave writes through it too
 
     def full_disk(path, *args, **kwargs):
         open(path, 'wb').close()  # what a full disk leaves: an empty file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(plt, 'imsave', full_disk)
+    monkeypatch.setattr(matplotlib.image, 'imsave', full_disk)
     figure = os.path.join(save_dir, 'manipulate-5.png')
     with open(figure, 'wb') as f:
         f.write(b'an earlier figure')
