@@ -323,13 +323,20 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
         lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
         lam_recon=0.392, workers=1, mixed_precision='off', xla='auto', keep_checkpoints=2,
         early_stopping=None, stop_at_val_acc=None, debug=False, digit=5, data_dir=None,
-        train_samples=None, test_samples=None, summary=False, **options):
+        train_samples=None, test_samples=None, summary=False, validation_split=0,
+        **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
-    MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir)."""
+    MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir).
+    validation_split N > 0: the last N training images validate (log.csv's val_ columns,
+    best_model.h5, early stopping) and the test set is used once, at the end
+    (test_results.json); 0: the test set validates, as the seed repo does."""
     if resume and (testing or weights is not None or overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t, -w or --overwrite')
+    if testing and validation_split:
+        raise UserError('--validation_split holds out training images for training; -t '
+                        'tests the weights given on the test set')
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
     worker = C.multi_worker_task()  # TF_CONFIG: one of several machines
@@ -338,6 +345,8 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     training.prepare_save_dir(save_dir)
     if not (testing or resume):  # before the data are loaded: fail fast
         training.refuse_earlier_run(save_dir, overwrite)
+    if resume:  # the split it validated on: the same
+        training.check_validation_split(save_dir, validation_split)
     C.set_precision(mixed_precision)  # before any model is built
     # before the data are loaded: an --xla that cannot hold fails fast
     C.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None, testing)
@@ -348,6 +357,18 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
         data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
     test_split = datasets.as_split(test_split)
     x_test, y_test = test_split.x, test_split.y
+    if testing:
+        val_split = None
+    elif validation_split:
+        (x_train, y_train), val_split = datasets.hold_out(dataset, (x_train, y_train),
+                                                          validation_split, **data_options)
+        print('Validation: the last %d training images, held out (log.csv val_ columns, '
+              'best_model.h5); %d train; the test set (%d) is used once, at the end'
+              % (validation_split, len(x_train), len(x_test)))
+    else:
+        val_split = test_split
+        print('note: validating on the test set (log.csv val_ columns and best_model.h5 are '
+              'test-set figures); --validation_split N holds out training images instead')
     digits = datasets.DATASET_DIGITS.get(dataset, 1)
     with scope as parallel:
         sizes = model_sizes(model, options)
@@ -380,7 +401,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                 # the batches depend on (seed, epoch, index); train() restores the epoch
                 batches = datasets.training_batches(dataset, x_train, y_train, batch_size, seed,
                                                     workers, shift_fraction, augment)
-                validation = datasets.validation_data(spec.kind, test_split)
+                validation = datasets.validation_data(spec.kind, val_split)
                 if spec.kind == 'classifier':
                     batches = training.ClassifierBatches(batches)
                 extra_callbacks = training.early_stopping_callbacks(spec.monitor, early_stopping,
@@ -390,6 +411,7 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
                         os.path.join(save_dir, 'tensorboard-logs'), batch_size))
                 if not resume:
                     training.remove_earlier_run(save_dir)  # none is there without --overwrite
+                training.record_validation_split(save_dir, validation_split, len(x_train))
                 training.train(fitted, batches, validation, save_dir, epochs,
                                lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                                spec.monitor, initial_epoch, train_model, keep_checkpoints,
@@ -401,6 +423,12 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
             if extra is not None:
                 evaluation.affnist_report(eval_model, model, spec.kind, acc, len(x_test), extra,
                                           batch_size, save_dir)
+            if not testing and validation_split:  # last: it loads best_model.h5's weights
+                evaluation.held_out_report(
+                    fitted, train_model, datasets.validation_data(spec.kind, test_split),
+                    batch_size, save_dir, spec.monitor,
+                    dict(validation_split=validation_split, train_images=len(x_train),
+                         test_images=len(x_test)))
 
 
 def describe(model, train_model, summary=False):
@@ -515,7 +543,14 @@ def build_parser():
     p.add_argument('--train_samples', default=None, type=_bounded(int, 1),
                    help='train on the first N training images only (quick runs)')
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
-                   help='validate and test on the first N test images only')
+                   help='test (and, without --validation_split, validate) on the first N '
+                        'test images only')
+    p.add_argument('--validation_split', default=0, type=_bounded(int, 0), metavar='N',
+                   help='hold out the last N training images (after --train_samples) as the '
+                        'validation set: log.csv val_ columns, best_model.h5, --early_stopping '
+                        'and --stop_at_val_acc follow it, and the test set is evaluated once, '
+                        'at the end, into test_results.json. 0 (default, the seed repo\'s '
+                        'way): the test set validates, so the val_ columns are test figures')
     p.add_argument('--seed', default=None, type=_bounded(int, 0, 2 ** 32 - 1),
                    help='random seed, 0 .. 2^32-1 (shuffling, shifts, init)')
     p.add_argument('--multi_gpu', default=0, type=_bounded(int, 0),

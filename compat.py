@@ -331,6 +331,18 @@ def _build_before_tracing(model, train_data):
         build(data_batch=train_data[0])
 
 
+def evaluate_logs(model, x, y, batch_size):
+    """A compiled model's loss and metrics on (x, y), named as log.csv's val_ columns without
+    their prefix ({'loss': .., 'capsnet_accuracy': .., ...}): Keras 3 returns a dict,
+    keras 2.2.4 a list in the order of model.metrics_names."""
+    if KERAS3:
+        logs = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in logs.items()}
+    values = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    values = values if isinstance(values, list) else [values]
+    return dict(zip(model.metrics_names, (float(v) for v in values)))
+
+
 def pack_batch(inputs, targets):
     """One generator batch: Keras 3 wants tuples, keras 2.2.4 lists, of the input/target arrays."""
     if KERAS3:

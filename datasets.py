@@ -4,7 +4,8 @@ flags, and their training batches.
 A loader takes (data_dir, train_samples, test_samples, **its own flags) and returns
 (train (x, y), test (x, y) or a Split, extra evaluation set or None); DATASETS maps the
 --dataset names to them, DATASET_FLAGS to their own flags, DATASET_DIGITS to the digits per
-image; training_batches gives their training batches, validation_data Keras' validation data.
+image; training_batches gives their training batches, hold_out a held-out validation set
+(--validation_split), validation_data Keras' validation data.
 """
 import collections
 
@@ -13,6 +14,7 @@ import multimnist
 import smallnorb
 import training
 import utils
+from safeio import UserError
 
 
 def mnist(data_dir=None, train_samples=None, test_samples=None):
@@ -52,11 +54,17 @@ def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
     """
     (x_train, y_train), (x_test, y_test) = utils.load_mnist(
         data_dir, train_samples=train_samples, test_samples=test_samples)
-    images, two_hot, first, second, classes = multimnist.test_set(
-        x_test, y_test, multimnist_pairs, MULTIMNIST_TEST_SEED, with_classes=True)
+    return (x_train, y_train), overlaid_split(x_test, y_test, multimnist_pairs,
+                                              MULTIMNIST_TEST_SEED), None
+
+
+def overlaid_split(x, y, pairs, seed):
+    """A fixed MultiMNIST Split (multimnist.test_set) of digits x [N, 28, 28, 1], one-hot y
+    [N, 10]: each over `pairs` partners of other classes, x [N*pairs, 36, 36, 1]."""
+    images, two_hot, first, second, classes = multimnist.test_set(x, y, pairs, seed,
+                                                                  with_classes=True)
     masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
-    test = Split(images, two_hot, masks, [first, second])
-    return (x_train, y_train), test, None
+    return Split(images, two_hot, masks, [first, second])
 
 
 def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):
@@ -104,6 +112,39 @@ def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, a
     return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
                                    augment=utils.efficient_augment if augment == 'efficient' else None,
                                    workers=workers)
+
+
+# --validation_split: the held-out training images in the form of the data set's test set.
+# Seeded layouts (affNIST positions, MultiMNIST partners) differ from the test set's seeds.
+VALIDATION_SEED = 2019
+VALIDATION_FORMS = {
+    'mnist': lambda x, y, **_: as_split((x, y)),
+    # centred 40x40 training digits -> each at one fixed random position, as the test set
+    'affnist': lambda x, y, **_: as_split((affnist_loader.translated_mnist(
+        affnist_loader.center_crop(x), affnist_loader.CANVAS, VALIDATION_SEED), y)),
+    'multimnist': lambda x, y, multimnist_pairs=MULTIMNIST_PAIRS, **_: overlaid_split(
+        x, y, multimnist_pairs, VALIDATION_SEED),
+    # prepared 64x64 pairs -> their centre 48x48 patches, as the test set
+    'smallnorb': lambda x, y, **_: as_split((smallnorb.center_crop(x), y)),
+}
+
+
+def hold_out(dataset, train, n, **data_options):
+    """--validation_split n: (train without its last n images, a validation Split of them).
+
+    train: the loader's training (x, y) after --train_samples; the split is the same on
+    every run with the same flags (no shuffling), so --resume validates on the same images.
+    smallNORB: the held-out pairs share the training split's standardisation statistics.
+    UserError when n leaves no training image; a data set without a form for its held-out
+    images (none today) is refused in one line too."""
+    x, y = train
+    if n >= len(x):
+        raise UserError('--validation_split %d leaves no training images: the training set '
+                        'has %d (after --train_samples)' % (n, len(x)))
+    if dataset not in VALIDATION_FORMS:
+        raise UserError('--validation_split is not available for --dataset %s' % dataset)
+    split = VALIDATION_FORMS[dataset](x[-n:], y[-n:], **data_options)
+    return (x[:-n], y[:-n]), split
 
 
 def validation_data(kind, split):

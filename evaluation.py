@@ -1,9 +1,11 @@
 """Testing a trained model and writing its figures and reports: predictions and accuracy,
-real_and_recon.png / multimnist_recon.png, manipulate-<digit>.png and the affNIST report
-(affnist_results.json). The models come built and loaded; their kind ('capsule' or
+real_and_recon.png / multimnist_recon.png, manipulate-<digit>.png, the affNIST report
+(affnist_results.json) and, after a run validated on held-out images, test_results.json. The models come built and loaded; their kind ('capsule' or
 'classifier', capsulenet.MODELS) is passed in.
 """
+import csv
 import json
+import math
 import os
 
 import numpy as np
@@ -13,6 +15,7 @@ import compat as C
 import multimnist
 import paper
 import utils
+from h5weights import load_weights_h5
 from safeio import UserError, atomic_write
 
 
@@ -109,3 +112,57 @@ def affnist_report(eval_model, model, kind, expanded_acc, expanded_images, affni
              100 * figures.get('expanded_mnist', float('nan')),
              100 * figures.get('affnist', float('nan'))))
     print('Results saved to %s' % path)
+
+
+def logged_epochs(log_path, column):
+    """(the last epoch logged, (epoch, value) of the first epoch with the largest finite
+    `column` or None) of log.csv, epochs from 1: the second is the epoch BestWeights saved
+    as best_model.h5."""
+    last, best = None, None
+    with open(log_path, errors='replace') as f:
+        for row in csv.DictReader(f):
+            try:
+                epoch = int(float(row['epoch'])) + 1
+            except (KeyError, TypeError, ValueError, OverflowError):
+                continue
+            last = epoch
+            try:
+                value = float(row[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(value) and (best is None or value > best[1]):
+                best = (epoch, value)
+    return last, best
+
+
+def held_out_report(model, template, test_data, batch_size, save_dir, monitor, info):
+    """--validation_split: the test set's loss and accuracy, measured once each for the last
+    epoch's weights (in `model` now) and for best_model.h5 (the epoch chosen on the held-out
+    images), written to <save_dir>/test_results.json (atomically). Leaves best_model.h5's
+    weights in the model.
+
+    model: the compiled training model; template: the model whose weights the .h5 files hold
+    (the same, unless keras 2.2.4's multi_gpu_model); test_data: (inputs, targets) as Keras'
+    validation data; monitor: the val_ column of the accuracy; info: more keys to record."""
+    accuracy_key = monitor[len('val_'):]
+    last, best = logged_epochs(os.path.join(save_dir, 'log.csv'), monitor)
+    log = C.evaluate_logs(model, test_data[0], test_data[1], batch_size)
+    results = dict(info, monitor=monitor, epoch=last, test_accuracy=log[accuracy_key],
+                   test_loss=log['loss'])
+    best_path = os.path.join(save_dir, 'best_model.h5')
+    if best is not None and os.path.isfile(best_path):
+        load_weights_h5(template, best_path)
+        log = C.evaluate_logs(model, test_data[0], test_data[1], batch_size)
+        results['best_model'] = {'epoch': best[0], 'val_accuracy': best[1],
+                                 'test_accuracy': log[accuracy_key], 'test_loss': log['loss']}
+    path = os.path.join(save_dir, 'test_results.json')
+    with atomic_write(path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+            f.write('\n')
+    print('Test set, measured once: last epoch (%s) %.4f (loss %.4f)%s; saved to %s'
+          % (last, results['test_accuracy'], results['test_loss'],
+             '; best_model.h5 (epoch %d, chosen on the held-out images) %.4f'
+             % (best[0], results['best_model']['test_accuracy'])
+             if 'best_model' in results else '', path))
+    return results

@@ -1,13 +1,15 @@
 """Turns a training checkpoint into a shipped float16 weights file and its manifest entry.
 
     python export_weights.py --model efficient -w ~/runs/efficient/best_model.h5 \\
-        --out pretrained/efficient_capsnet.h5 --log ~/runs/efficient/log.csv
+        --out pretrained/efficient_capsnet.h5 --log ~/runs/efficient/log.csv \\
+        --selected "held-out validation"
 
 Loads the float32 checkpoint into the model, measures its MNIST test accuracy (all 10,000
 images and the first 500), writes the weights as float16 (half the file; every stack loads
 it into float32 variables), loads that file back into the same model and measures again, and
 records both in pretrained/manifest.json, which tests/test_pretrained.py holds the shipped
-files to. Options given with --option key=value (e.g. routings=3) size the model.
+files to. Options given with --option key=value (e.g. routings=3) size the model; --selected
+says how the checkpoint's epoch was chosen (the manifest's "selected").
 
 Every input (options, checkpoint, log, the manifest beside --out, --out's folder) is checked
 before anything is written, and the new file and manifest are both written in full before
@@ -71,6 +73,19 @@ def log_summary(log_path):
     return summary
 
 
+# how a shipped file's epoch was chosen (manifest "selected"): only the first two leave its
+# test accuracy unbiased; a best-test-epoch file overstates it (issue 29)
+SELECTIONS = ('last epoch', 'held-out validation', 'best test epoch')
+
+
+def selection(selected):
+    """The manifest's {"selected": ...} for --selected; UserError for another value."""
+    if selected not in SELECTIONS:
+        raise UserError('--selected must be one of: %s (got %r)'
+                        % (', '.join('"%s"' % s for s in SELECTIONS), selected))
+    return {'selected': selected}
+
+
 def sha256(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -121,11 +136,14 @@ def check_out(out, weights):
                         'replaced; name another file' % out)
 
 
-def export(model, weights, out, options=None, log=None, data_dir=None, note=None):
+def export(model, weights, out, options=None, log=None, data_dir=None, note=None,
+           selected=None):
     """The whole export; returns the manifest entry written for `out`. Everything is checked
     before anything is written; `out` and its manifest are written to temp files in full, then
-    renamed over the old ones (UserError: both left as they were)."""
+    renamed over the old ones (UserError: both left as they were). selected: how the
+    checkpoint's epoch was chosen (SELECTIONS; None: not recorded)."""
     options = checked_options(model, dict(options or {}))
+    chosen = selection(selected) if selected is not None else {}
     manifest = read_manifest(manifest_path(out))
     check_out(out, weights)
     summary = log_summary(log) if log else {}
@@ -145,6 +163,7 @@ def export(model, weights, out, options=None, log=None, data_dir=None, note=None
         entry.update(summary)
         if note:
             entry['note'] = note
+        entry.update(chosen)
         manifest[os.path.basename(out)] = entry
         with open(new_manifest, 'w') as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
@@ -169,14 +188,20 @@ def main(argv=None):
     p.add_argument('--log', default=None, help="the run's log.csv (epochs, accuracies)")
     p.add_argument('--data_dir', default=None)
     p.add_argument('--note', default=None, help='free text kept in the manifest entry')
+    p.add_argument('--selected', required=True, choices=SELECTIONS,
+                   help='how the checkpoint was chosen, recorded as the manifest\'s "selected": '
+                        '"last epoch", "held-out validation" (best_model.h5 of a '
+                        '--validation_split run) or "best test epoch" (best_model.h5 of a run '
+                        'validated on the test set: its test accuracy is optimistic)')
     args = p.parse_args(argv)
     try:
         entry = export(args.model, args.weights, args.out, dict(args.option), args.log,
-                       args.data_dir, args.note)
+                       args.data_dir, args.note, args.selected)
     except UserError as e:
         print('error: %s' % e, file=sys.stderr)
         return 2
     print(json.dumps(entry, indent=2, sort_keys=True))
+    print('%s: selected by %s' % (args.out, entry['selected']))
     return 0
 
 

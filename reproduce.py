@@ -48,6 +48,10 @@ def reproduce_table1(run, save_dir='./result', epochs=50, weights=None, **option
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
         shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
     table = utils.results_table(logs)
+    if options.get('validation_split'):  # the logs' val_ columns are not the test set then
+        table += ('\n\nWith --validation_split %d the figures above are the held-out validation '
+                  "error; each configuration's test figures are in <config>/test_results.json."
+                  % options['validation_split'])
     with atomic_write(os.path.join(root, 'table1.md')) as tmp:
         with open(tmp, 'w') as f:
             f.write(table + '\n')

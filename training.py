@@ -7,6 +7,7 @@ Batches depend on (seed, epoch, index) only, so runs are reproducible with any -
 """
 import atexit
 import csv
+import json
 import os
 import re
 import shutil
@@ -329,7 +330,7 @@ def latest_checkpoint(save_dir):
 
 # the files a training run leaves in its --save_dir (log.png and the figures aside)
 RUN_FILES = re.compile(r'^(log\.csv|trained_model\.h5|best_model\.h5|weights-\d+\.h5|'
-                       r'optimizer-\d+\.npz)$')
+                       r'optimizer-\d+\.npz|validation_split\.json|test_results\.json)$')
 
 
 def earlier_run(save_dir):
@@ -379,6 +380,44 @@ def resume_weights(model, save_dir, epochs=None):
         return epoch
     print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
     return 0
+
+
+SPLIT_FILE = 'validation_split.json'
+
+
+def _recorded_split(save_dir):
+    """The --validation_split recorded in save_dir (None: no record, an older run's folder)."""
+    path = os.path.join(save_dir, SPLIT_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return int(json.load(f)['validation_split'])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError('%s is unreadable (%s): move it away if the run it belongs to '
+                        'validated on the test set' % (path, e))
+
+
+def check_validation_split(save_dir, n):
+    """--resume must validate as the run it continues did: its log's val_ columns and
+    best_model.h5 compare epochs on one set. UserError when the recorded split differs
+    (a folder without a record: a run that validated on the test set, 0)."""
+    recorded = _recorded_split(save_dir)
+    recorded = 0 if recorded is None else recorded
+    if recorded != n:
+        raise UserError('--validation_split %d, but the run in %s was started with %d: resume '
+                        'it with --validation_split %d' % (n, save_dir, recorded, recorded))
+
+
+def record_validation_split(save_dir, n, train_images):
+    """Writes save_dir/validation_split.json (atomically): the split --resume checks. Nothing
+    for n = 0, the default: a folder without the file validated on the test set."""
+    if not n:
+        return
+    with atomic_write(os.path.join(save_dir, SPLIT_FILE)) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump({'validation_split': int(n), 'train_images': int(train_images)}, f)
+            f.write('\n')
 
 
 def restore_optimizer(model, path):

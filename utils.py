@@ -1,7 +1,9 @@
 """Data loading, augmentation, image grids and training-log plots; no Keras.
 
-    python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]
-    python utils.py table CSV_data/*.csv       # final test errors beside the paper's Table 1
+    python utils.py plot result/log.csv [more.csv ...] [--out result/log.png]  # several:
+                                       # test error per epoch, log scale, one line per config
+    python utils.py table CSV_data/*.csv   # the paper's Table 1 beside ours: last epoch,
+                                           # last-5 mean ± std, epochs, best (test-selected)
     python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
@@ -17,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from paper import TABLE1
+from paper import TABLE1, TABLE1_CNN
 from safeio import OneLineParser, UserError, atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -235,11 +237,9 @@ def two_colour_tiles(images, first, second, dim=0.3):
 def save_image(array, path):
     """Saves a 2-D array in [0, 1] as a grayscale PNG (an RGB array [H, W, 3] in colour),
     atomically (see save_figure)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    import matplotlib.image  # not pyplot: no backend is chosen or switched
     with atomic_write(path) as tmp:
-        plt.imsave(tmp, np.clip(array, 0, 1), cmap='gray', vmin=0, vmax=1)
+        matplotlib.image.imsave(tmp, np.clip(array, 0, 1), cmap='gray', vmin=0, vmax=1)
 
 
 def save_figure(fig, path):
@@ -294,67 +294,172 @@ def _test_accuracy_column(frame):
     return ([c for c in accs if c.startswith('val_')] or accs or [None])[0]
 
 
+# |values| beyond this are not plotted: no training logs them before its NaN stop, and
+# matplotlib's tick maths overflows near 1e308 (issue 30: ValueError from np.arange)
+PLOT_LIMIT = 1e100
+
+
+def _plottable(values, low=-PLOT_LIMIT, high=PLOT_LIMIT, positive=False):
+    """values as a float array with NaN where they cannot be drawn: not finite, outside
+    [low, high], or (positive=True, a log axis) <= 0. Returns (array, number masked)."""
+    v = np.asarray(values, dtype='float64')
+    with np.errstate(invalid='ignore'):
+        bad = ~np.isfinite(v) | (v < low) | (v > high) | ((v <= 0) if positive else False)
+    v = v.copy()
+    v[bad] = np.nan
+    return v, int(bad.sum())
+
+
+def error_percent(frame, col):
+    """100 * (1 - frame[col]) as a float array [epochs], NaN where the accuracy is not a
+    finite number in [0, 1] (a NaN epoch, a damaged log)."""
+    acc, _ = _plottable(frame[col], 0., 1.)
+    return 100. * (1. - acc)
+
+
+def config_of(name):
+    """(Table 1 key or 'cnn' or None, label) of a log named after its configuration:
+    'r3_recon', 'capsnet_r3_recon_50ep' -> ('capsnet_r3_recon', 'routing 3,
+    reconstruction'); 'r3_recon_seed1' -> (.., 'routing 3, reconstruction, seed 1');
+    'cnn...' -> ('cnn', 'baseline CNN'); any other name -> (None, name)."""
+    import re
+    bare = name[len('capsnet_'):] if name.startswith('capsnet_') else name
+    names = dict(((k[len('capsnet_'):], k) for k in TABLE1), cnn='cnn')
+    short = next((k for k in sorted(names, key=len, reverse=True)
+                  if bare == k or bare.startswith(k + '_')), None)
+    if short is None:
+        return None, name
+    key = names[short]
+    label = 'baseline CNN' if key == 'cnn' else TABLE1[key][0].replace('CapsNet, ', '')
+    seed = re.search(r'(?:^|_)seed(\d+)(?:_|$)', bare[len(short):])
+    return key, label + (', seed %s' % seed.group(1) if seed else '')
+
+
+def _figure(show):
+    """A new matplotlib figure with two axes (top, bottom): pyplot's when it is to be shown,
+    else a bare Figure, which saves without touching pyplot or its backend."""
+    if show:
+        import matplotlib.pyplot as plt
+        return plt.figure(figsize=(7, 8))
+    from matplotlib.figure import Figure
+    return Figure(figsize=(7, 8))
+
+
 def plot_log(csv_paths, out_path=None, show=False):
-    """Plots the curves of one or several Keras CSVLogger files.
+    """Plots the curves of one or several Keras CSVLogger files; never switches matplotlib's
+    backend (show=True uses pyplot's, whatever the caller set).
 
     One file: every loss column and every accuracy column against epoch. Several files
-    (a comparison): each file's test error (100 - validation accuracy, %, log scale) and its
-    training loss, labelled by file name.
+    (a comparison): each file's test error (100 - validation accuracy, %, log scale) per
+    epoch, then its training loss (log scale), labelled by configuration (config_of). Values
+    that cannot be drawn (NaN, inf, |v| > PLOT_LIMIT, an accuracy outside [0, 1], <= 0 on a
+    log axis) are left out, and the figure says how many.
     """
-    import matplotlib
-    if not show:
-        matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     frames = read_logs(csv_paths)
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 8))
-    for label, frame in frames:
-        epochs = frame['epoch'] + 1
+    fig = _figure(show)
+    ax_top, ax_bottom = fig.subplots(2, 1)
+    left_out = 0
+    for name, frame in frames:
+        epochs, bad = _plottable(frame['epoch'] + 1)
+        left_out += bad
         losses, accs = _metric_columns(frame)
         if len(frames) == 1:
-            for col in losses:
-                ax_loss.plot(epochs, frame[col], label=col)
-            for col in accs:
-                ax_acc.plot(epochs, frame[col], label=col)
+            for ax, columns, bounds in ((ax_top, losses, {}), (ax_bottom, accs, (0., 1.))):
+                for col in columns:
+                    values, bad = _plottable(frame[col], *bounds)
+                    left_out += bad
+                    ax.plot(epochs, values, label=col)
             continue
-        if 'loss' in frame.columns:
-            ax_loss.plot(epochs, frame['loss'], marker='.', label=label)
+        label = config_of(name)[1]
+        style = '--' if 'no reconstruction' in label else '-'
         col = _test_accuracy_column(frame)
         if col:
-            ax_acc.plot(epochs, 100 * (1 - frame[col]), marker='.', label=label)
-    ax_loss.set_title('Training loss' if len(frames) > 1 else 'Loss')
-    ax_acc.set_title('Test error (%)' if len(frames) > 1 else 'Accuracy')
-    if len(frames) > 1:
-        ax_acc.set_yscale('log')
-        ax_loss.set_yscale('log')
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel('epoch')
-        ax.legend(fontsize='small')
-    fig.tight_layout()
+            error, bad = _plottable(error_percent(frame, col), positive=True)
+            left_out += bad
+            ax_top.plot(epochs, error, marker='.', label=label, linestyle=style)
+        if 'loss' in frame.columns:
+            loss, bad = _plottable(frame['loss'], positive=True)
+            left_out += bad
+            ax_bottom.plot(epochs, loss, marker='.', label=label, linestyle=style)
+    _decorate(fig, (ax_top, ax_bottom), len(frames) > 1, left_out)
     try:
         if out_path:
             save_figure(fig, out_path)
         if show:
+            import matplotlib.pyplot as plt
             plt.show()
     finally:
-        plt.close(fig)
+        if show:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+
+
+def _decorate(fig, axes, comparison, left_out):
+    """Titles, log scales with plain tick labels (0.2, 0.5, 1, not 2x10^-1), whole epochs, legends
+    and a footnote counting the values left out, for plot_log's two axes."""
+    from matplotlib import ticker
+    titles = (('Test error (%), log scale', 'Training loss, log scale') if comparison else
+              ('Loss', 'Accuracy'))
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if comparison:
+            ax.set_yscale('log')
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1., 2., 5.)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: '%g' % v))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize='small')
+        ax.grid(True, which='both', alpha=0.3)
+    if left_out:
+        fig.text(0.01, 0.005, '%d values not drawn (NaN, inf or out of range)' % left_out,
+                 fontsize='small')
+    fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
+
+
+LAST_N = 5  # the epochs averaged in results_table's mean ± std
+
+
+def _summary(frame):
+    """(last %, last-5 'mean ± std' %, best '%, epoch k', epochs) of a log's test error, as
+    strings; '–' where there is no finite figure (a NaN epoch, no accuracy column)."""
+    col = _test_accuracy_column(frame)
+    error = error_percent(frame, col) if col else np.full(len(frame), np.nan)
+    last = '%.2f' % error[-1] if np.isfinite(error[-1]) else '–'
+    tail = error[-LAST_N:]
+    spread = ('%.2f ± %.2f' % (tail.mean(), tail.std(ddof=1))
+              if len(tail) == LAST_N and np.isfinite(tail).all() else '–')
+    if np.isfinite(error).any():
+        k = int(np.nanargmin(error))
+        best = '%.2f (epoch %d)' % (error[k], k + 1)
+    else:
+        best = '–'
+    return last, spread, best, len(frame)
 
 
 def results_table(csv_paths):
-    """Markdown table: configuration | paper test error | ours | epochs, from CSV logs.
+    """Markdown table, one row per CSV log: configuration | paper | ours at the last epoch |
+    mean ± std of the last 5 epochs | epochs | best epoch | log; test errors in %.
 
-    'ours' is 100 - the last epoch's validation accuracy (the CLI validates on the test
-    set), so each number is traceable to its CSV. Logs named <config>_<anything>.csv match
-    the Table 1 configuration <config>; other names are listed with the paper column '–'.
+    'Ours' is 100 - the validation accuracy of log.csv, which is the test set for runs
+    without --validation_split (the default; a --validation_split run's test figure is in its
+    test_results.json). The last epoch is the figure reported; the std is the sample std
+    (n - 1) of the last 5 epochs ('–' with fewer); the best epoch was picked by looking at
+    the test set, so its column says so. '–': no finite figure (a NaN epoch). Logs are
+    matched to Table 1 by name (config_of): r3_recon.csv, capsnet_r3_recon_50ep.csv, cnn.csv;
+    other names get the paper column '–'.
     """
-    lines = ['| configuration | paper test error % | ours % | epochs | log |',
-             '|---|---|---|---|---|']
+    lines = ['| configuration | paper test error %% | ours, last epoch %% | last %d epochs, '
+             'mean ± std %% | epochs | best epoch %% (selected on the test set) | log |' % LAST_N,
+             '|---|---|---|---|---|---|---|']
     for name, frame in read_logs(csv_paths):
-        key = next((k for k in sorted(TABLE1, key=len, reverse=True)
-                    if name == k or name.startswith(k + '_')), None)
-        config, _, _, paper = TABLE1.get(key, (name, None, None, '–'))
-        col = _test_accuracy_column(frame)
-        ours = '%.2f' % (100 * (1 - frame[col].iloc[-1])) if col else '–'
-        lines.append('| %s | %s | %s | %d | %s.csv |' % (config, paper, ours, len(frame), name))
+        key, label = config_of(name)
+        config, paper_error = ((TABLE1[key][0], TABLE1[key][3]) if key in TABLE1 else
+                               ('Baseline CNN', TABLE1_CNN) if key == 'cnn' else (name, '–'))
+        last, spread, best, epochs = _summary(frame)
+        lines.append('| %s | %s | %s | %s | %d | %s | %s.csv |'
+                     % (config, paper_error, last, spread, epochs, best, name))
     return '\n'.join(lines)
 
 

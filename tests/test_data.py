@@ -104,6 +104,31 @@ def test_plot_log_one_and_several(tmp_path):
         utils.plot_log(str(tmp_path / 'missing.csv'), out)
 
 
+@pytest.mark.parametrize('values', [
+    [0.9, 0.95, 0.97],                               # a normal run
+    [0.9, 1e308, -1e308, float('nan'), float('inf'), 0.97, 1.0],  # issue 30 case 12
+    [float('nan')] * 3,                              # nothing drawable at all
+])
+def test_plot_log_draws_normal_and_extreme_values(tmp_path, monkeypatch, values):
+    """Test error per epoch (log scale) for several logs and the one-log figure: written
+    whole, no traceback, for values at the edge of float64; never switching the backend."""
+    import matplotlib
+    monkeypatch.setattr(matplotlib, 'use', lambda *a, **k: pytest.fail('backend switched'))
+    paths = []
+    for name, scale in [('r3_recon', 1.), ('r1_norecon', -1.)]:
+        paths.append(str(tmp_path / (name + '.csv')))
+        with open(paths[-1], 'w') as f:
+            f.write('epoch,capsnet_accuracy,loss,val_capsnet_accuracy,val_loss\n')
+            for e, a in enumerate(values):
+                f.write('%d,%r,%r,%r,%r\n' % (e, a, scale * a, a, 1 - a))
+    for csvs in (paths, paths[:1]):
+        out = str(tmp_path / ('%d.png' % len(csvs)))
+        assert utils.main(['plot'] + csvs + ['--out', out]) == 0
+        assert os.path.getsize(out) > 5000
+        import matplotlib.image
+        assert matplotlib.image.imread(out).std() > 0.01
+
+
 def test_reading_stops_at_the_declared_size(tmp_path, monkeypatch):
     """A gzip bomb (a small header, 64 MB of zeros after it) is inflated only up to the size
     its header declares + 1 byte, not whole."""

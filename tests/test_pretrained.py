@@ -71,7 +71,9 @@ def test_export_writes_float16_file_and_manifest(tmp_path):
     h5weights.save_weights_h5(model, source)
     out = str(tmp_path / 'shipped' / 'tiny.h5')
     os.makedirs(os.path.dirname(out))
-    entry = export_weights.export('capsnet', source, out, TINY, data_dir=data_dir)
+    entry = export_weights.export('capsnet', source, out, TINY, data_dir=data_dir,
+                                  selected='last epoch')
+    assert entry['selected'] == 'last epoch'
     assert os.path.getsize(out) < 0.6 * os.path.getsize(source)  # float16: about half
     with open(os.path.join(os.path.dirname(out), 'manifest.json')) as f:
         assert json.load(f) == {'tiny.h5': entry}
@@ -79,3 +81,34 @@ def test_export_writes_float16_file_and_manifest(tmp_path):
     assert entry['sha256'] == export_weights.sha256(out)
     # the same random-weights model, so the same answers in float16 and float32 (40 images)
     assert abs(entry['float16_test_accuracy'] - entry['float32_test_accuracy']) <= 1 / 40.
+
+
+def test_manifest_says_how_each_file_was_selected():
+    for name, entry in manifest().items():
+        assert entry.get('selected') in export_weights.SELECTIONS, name
+
+
+def test_export_refuses_an_unknown_selection_before_writing(tmp_path):
+    out = str(tmp_path / 'tiny.h5')
+    with pytest.raises(export_weights.UserError, match='--selected must be one of'):
+        export_weights.export('capsnet', str(tmp_path / 'missing.h5'), out, TINY,
+                              selected='best guess')
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_export_command_records_and_prints_the_selection(tmp_path, capsys):
+    data_dir = str(tmp_path / 'mnist')
+    fake_mnist(data_dir, n_train=20, n_test=10)
+    C.clear_session(free_memory=False)
+    model, _, _ = capsulenet.build_models('capsnet', (28, 28, 1), 10, **TINY)
+    source = str(tmp_path / 'checkpoint.h5')
+    h5weights.save_weights_h5(model, source)
+    out = str(tmp_path / 'tiny.h5')
+    options = sum((['--option', '%s=%s' % kv] for kv in TINY.items()), [])
+    code = export_weights.main(['-w', source, '--out', out, '--data_dir', data_dir,
+                                '--selected', 'held-out validation'] + options)
+    printed = capsys.readouterr().out
+    assert code == 0 and '"selected": "held-out validation"' in printed
+    assert printed.rstrip().endswith('selected by held-out validation')
+    with open(str(tmp_path / 'manifest.json')) as f:
+        assert json.load(f)['tiny.h5']['selected'] == 'held-out validation'

@@ -1,6 +1,8 @@
 """Table 1 reproduction: the runner trains each configuration, resumes, prints paper vs ours."""
 import os
 
+import pytest
+
 import utils
 import helpers
 from helpers import run_main
@@ -23,9 +25,60 @@ def test_results_table_from_logs(tmp_path):
     table = utils.results_table([str(tmp_path / n) for n in
                                  ['capsnet_r3_recon_2ep.csv', 'capsnet_r1_norecon.csv', 'efficient.csv']])
     rows = table.splitlines()
-    assert rows[2] == '| CapsNet, routing 3, reconstruction | 0.25 ± 0.005 | 0.75 | 2 | capsnet_r3_recon_2ep.csv |'
-    assert rows[3].startswith('| CapsNet, routing 1, no reconstruction | 0.34 ± 0.032 | 1.00 | 1 |')
-    assert rows[4].startswith('| efficient | – | 0.50 | 1 |')
+    assert rows[2] == ('| CapsNet, routing 3, reconstruction | 0.25 ± 0.005 | 0.75 | – | 2 | '
+                       '0.75 (epoch 2) | capsnet_r3_recon_2ep.csv |')
+    assert rows[3].startswith('| CapsNet, routing 1, no reconstruction | 0.34 ± 0.032 | 1.00 | – | 1 |')
+    assert rows[4].startswith('| efficient | – | 0.50 | – | 1 |')
+
+
+def test_results_table_columns_last_epoch_last_five_and_best_on_test(tmp_path):
+    """Ours is the LAST epoch; the last 5 epochs' mean ± sample std is computed from the
+    numbers; the best epoch sits only in the column that says it was picked on the test set."""
+    import statistics
+    accs = [0.9900, 0.9960, 0.9968, 0.9955, 0.9962, 0.9958, 0.9966, 0.9961]
+    write_log(str(tmp_path / 'r3_recon.csv'), accs)
+    write_log(str(tmp_path / 'r1_norecon_seed1.csv'), accs[:3])
+    write_log(str(tmp_path / 'cnn.csv'), accs[:6])
+    rows = utils.results_table([str(tmp_path / n) for n in
+                                ('r3_recon.csv', 'r1_norecon_seed1.csv', 'cnn.csv')]).splitlines()
+    header = [c.strip() for c in rows[0].strip('|').split('|')]
+    assert header == ['configuration', 'paper test error %', 'ours, last epoch %',
+                      'last 5 epochs, mean ± std %', 'epochs',
+                      'best epoch % (selected on the test set)', 'log']
+    cells = [c.strip() for c in rows[2].strip('|').split('|')]
+    errors = [100 * (1 - float('%f' % a)) for a in accs]
+    tail = errors[-5:]
+    assert cells == ['CapsNet, routing 3, reconstruction', '0.25 ± 0.005', '%.2f' % errors[-1],
+                     '%.2f ± %.2f' % (statistics.mean(tail), statistics.stdev(tail)), '8',
+                     '0.32 (epoch 3)', 'r3_recon.csv']
+    assert cells[3] == '0.40 ± 0.04'  # by hand: 0.45 0.38 0.42 0.34 0.39
+    cells = [c.strip() for c in rows[3].strip('|').split('|')]
+    assert cells[:6] == ['CapsNet, routing 1, no reconstruction', '0.34 ± 0.032', '0.32', '–',
+                         '3', '0.32 (epoch 3)']
+    assert rows[4].startswith('| Baseline CNN | 0.39 | 0.42 | 0.39 ± 0.05 | 6 | 0.32 (epoch 3) |')
+
+
+@pytest.mark.parametrize('bad', ['nan', 'inf', '-inf', '1e308', '-1e308'])
+def test_results_table_never_prints_nan_as_ours(tmp_path, bad):
+    path = str(tmp_path / 'r3_recon.csv')
+    with open(path, 'w') as f:
+        f.write('epoch,loss,capsnet_accuracy,val_capsnet_accuracy\n')
+        for epoch in range(6):
+            f.write('%d,0.1,0.99,%s\n' % (epoch, bad if epoch in (2, 5) else '0.995'))
+    row = utils.results_table([path]).splitlines()[2]
+    assert 'nan' not in row.lower() and 'inf' not in row.lower()
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[2:6] == ['–', '–', '6', '0.50 (epoch 1)']
+
+
+def test_config_labels_from_log_names():
+    assert utils.config_of('r3_recon') == ('capsnet_r3_recon', 'routing 3, reconstruction')
+    assert utils.config_of('capsnet_r1_norecon_10k_1ep') == ('capsnet_r1_norecon',
+                                                             'routing 1, no reconstruction')
+    assert utils.config_of('r3_recon_seed2') == ('capsnet_r3_recon',
+                                                 'routing 3, reconstruction, seed 2')
+    assert utils.config_of('cnn') == ('cnn', 'baseline CNN')
+    assert utils.config_of('efficient_capsnet') == (None, 'efficient_capsnet')
 
 
 def test_reproduce_table1_tiny(tmp_path, capsys):

@@ -600,12 +600,12 @@ def test_save_dir_states(capsys, save_dir, data_dir, case):
 
 
 def test_full_disk_while_writing_a_figure(capsys, monkeypatch, trained, save_dir, data_dir):
-    import matplotlib.pyplot as plt
+    import matplotlib.image  # pyplot.imsave writes through it too
 
     def full_disk(path, *args, **kwargs):
         open(path, 'wb').close()  # what a full disk leaves: an empty file
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(plt, 'imsave', full_disk)
+    monkeypatch.setattr(matplotlib.image, 'imsave', full_disk)
     figure = os.path.join(save_dir, 'manipulate-5.png')
     with open(figure, 'wb') as f:
         f.write(b'an earlier figure')
@@ -653,8 +653,9 @@ ARGV_CASES = {  # argparse's usage line + error line, before: one `error:` line 
     'utils_unknown_command': (utils.main, ['nonsense'], "invalid choice: 'nonsense'"),
     'utils_no_command': (utils.main, [], 'choose a command: plot, table or perturb'),
     'utils_plot_without_logs': (utils.main, ['plot'], 'required: csv'),
-    'export_without_arguments': (export_weights.main, [], 'required: -w/--weights, --out'),
+    'export_without_arguments': (export_weights.main, [], 'required: -w/--weights, --out, --selected'),
     'export_option_without_value': (export_weights.main, ['-w', 'w.h5', '--out', 'o.h5',
+                                                          '--selected', 'last epoch',
                                                           '--option', 'routings'],
                                     "expected key=value, got 'routings'"),
 }
@@ -732,7 +733,8 @@ def test_bad_export_input(capsys, tmp_path, checkpoint, data_dir, case):
     code, out, err = run_main(capsys, '-w', os.path.join(folder, 'checkpoint.h5'),
                               '--out', os.path.join(folder, 'shipped', 'o.h5'),
                               '--data_dir', data_dir, '--option', 'conv1_filters=16',
-                              '--option', 'primary_channels=4', *extra, main=export_weights.main)
+                              '--option', 'primary_channels=4', '--selected', 'last epoch', *extra,
+                              main=export_weights.main)
     assert_one_error_line(code, err, message)
     assert snapshot(folder) == before  # the same bytes: checkpoint, old file and manifest
 
