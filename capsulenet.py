@@ -318,13 +318,24 @@ def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1, xla='auto'):
 
 
 # ---------------------------------------------------------------- run
-def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
-        resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100,
-        lr=0.001, lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1,
-        lam_recon=0.392, workers=1, mixed_precision='off', xla='auto', keep_checkpoints=2,
-        early_stopping=None, stop_at_val_acc=None, debug=False, digit=5, data_dir=None,
-        train_samples=None, test_samples=None, summary=False, validation_split=0,
-        **options):
+def run(save_dir='./result', testing=False, **options):
+    """train_or_test(save_dir=..., testing=..., **options); Ctrl-C in it becomes
+    training.Interrupted, which tells whether save_dir holds a checkpoint to continue from."""
+    try:
+        train_or_test(save_dir=save_dir, testing=testing, **options)
+    except training.Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise training.Interrupted(save_dir, testing)
+
+
+def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing=False,
+                  weights=None, resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50,
+                  batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0., augment='shift',
+                  shift_fraction=0.1, lam_recon=0.392, workers=1, mixed_precision='off',
+                  xla='auto', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None,
+                  debug=False, digit=5, data_dir=None, train_samples=None, test_samples=None,
+                  **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir).
@@ -343,7 +354,11 @@ def run(model='capsnet', dataset='mnist', save_dir='./result', testing=False, we
     if not testing:  # not the chief: a folder of its own
         save_dir = training.worker_save_dir(save_dir, worker, resume)
     training.prepare_save_dir(save_dir)
-    if not (testing or resume):  # before the data are loaded: fail fast
+    # before the data are loaded: fail fast
+    training.refuse_links(save_dir, testing)
+    if resume:  # continue the run there, or refuse: never a fresh run over it
+        training.check_resumable(save_dir, spec.monitor)
+    elif not testing:
         training.refuse_earlier_run(save_dir, overwrite)
     if resume:  # the split it validated on: the same
         training.check_validation_split(save_dir, validation_split)
@@ -631,8 +646,10 @@ def main(argv=None):
         print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print('error: interrupted; continue with --resume (same --save_dir)', file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # on a line of its own: Ctrl-C mostly lands in the middle of a progress bar
+        advice = e.advice() if isinstance(e, training.Interrupted) else 'error: interrupted'
+        print('\n' + advice, file=sys.stderr)
         return 130
     return 0
 

@@ -46,7 +46,8 @@ def reproduce_table1(run, save_dir='./result', epochs=50, weights=None, **option
                        resume=weights is None,  # picks up mid-configuration after a crash
                        overwrite=weights is not None and options.get('overwrite', False)))
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
-        shutil.copyfile(os.path.join(config_dir, 'log.csv'), logs[-1])
+        with atomic_write(logs[-1]) as tmp:  # never through a link: the link is replaced
+            shutil.copyfile(os.path.join(config_dir, 'log.csv'), tmp)
     table = utils.results_table(logs)
     if options.get('validation_split'):  # the logs' val_ columns are not the test set then
         table += ('\n\nWith --validation_split %d the figures above are the held-out validation '

@@ -233,6 +233,26 @@ class BestWeights(callbacks.Callback):
             save_weights_h5(self.template or self.model, self.path)
 
 
+class AppendingLog(callbacks.CSVLogger):
+    """CSVLogger appending to log.csv (--resume) that refuses, before writing, a row whose
+    columns differ from the log's header `header` ([names]): rows would land under other
+    columns. check_resumable catches most such logs before training; this catches the rest
+    (e.g. an extra column) at the first epoch's end, before its checkpoint is written."""
+
+    def __init__(self, filename, header):
+        super(AppendingLog, self).__init__(filename, append=True)
+        self.header = header
+
+    def on_epoch_end(self, epoch, logs=None):
+        columns = ['epoch'] + sorted(logs or {})
+        if self.header and columns != self.header:
+            raise UserError('%s has the columns %s, this run logs %s: nothing appended; move it '
+                            'away to resume without it' % (self.filename, ','.join(self.header),
+                                                           ','.join(columns)))
+        self.header = None  # checked once: Keras writes every row with the first row's keys
+        super(AppendingLog, self).on_epoch_end(epoch, logs)
+
+
 class NaNGuard(callbacks.TerminateOnNaN):
     """Keras TerminateOnNaN (stops training on a NaN/Inf loss) that also records where:
     `where` = (epoch, batch) of the first bad batch, None while the loss is finite."""
@@ -331,12 +351,49 @@ def latest_checkpoint(save_dir):
 # the files a training run leaves in its --save_dir (log.png and the figures aside)
 RUN_FILES = re.compile(r'^(log\.csv|trained_model\.h5|best_model\.h5|weights-\d+\.h5|'
                        r'optimizer-\d+\.npz|validation_split\.json|test_results\.json)$')
+# the other files a run writes there: log.png, and evaluation.py's figures and results
+REPORT_FILES = re.compile(r'^([^/]+\.png|affnist_results\.json)$')
+
+
+def refuse_links(save_dir, testing=False):
+    """UserError when a file this run may write in save_dir (REPORT_FILES; training: RUN_FILES
+    too) is a symbolic link: CSVLogger writes log.csv in place, so a link would make the run
+    truncate and rewrite a file outside --save_dir. Refused, not replaced: whoever made the
+    link meant something by it; nothing is written through one."""
+    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
+    for name in sorted(names):
+        path = os.path.join(save_dir, name)
+        ours = REPORT_FILES.match(name) or (not testing and RUN_FILES.match(name))
+        if ours and os.path.islink(path):
+            raise UserError('%s is a symbolic link (to %s): a run writes its files in --save_dir '
+                            'itself, never through a link; replace the link by a copy of its '
+                            'target, or choose another --save_dir' % (path, os.readlink(path)))
+
+
+def _log_is_empty(log_path):
+    """Whether log.csv holds nothing but maybe CSVLogger's header (`epoch,...`): what a run
+    stopped in its first epoch leaves, no earlier run. Anything else, even a damaged row or
+    binary data, is one."""
+    with open(log_path, 'rb') as f:
+        lines = [line for line in f.read(1 << 16).splitlines() if line.strip()]
+    return not lines or (len(lines) == 1 and re.match(br'^epoch(,|$)', lines[0]) is not None)
 
 
 def earlier_run(save_dir):
-    """Sorted names of the files of an earlier training run in save_dir (RUN_FILES)."""
+    """Sorted names of the files of an earlier training run in save_dir (RUN_FILES; a log.csv
+    that is empty or holds its header only does not count)."""
     names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
-    return sorted(n for n in names if RUN_FILES.match(n))
+    found = sorted(n for n in names if RUN_FILES.match(n))
+    log_path = os.path.join(save_dir, 'log.csv')
+    if 'log.csv' in found and os.path.isfile(log_path) and _log_is_empty(log_path):
+        found.remove('log.csv')
+    if found == [SPLIT_FILE]:  # written as a run starts: alone, it is a run stopped at once
+        found = []
+    return found
+
+
+def _shown(names):
+    return ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
 
 
 def refuse_earlier_run(save_dir, overwrite=False):
@@ -344,10 +401,36 @@ def refuse_earlier_run(save_dir, overwrite=False):
     truncate the log at once, beside the old weights): UserError unless overwrite."""
     found = earlier_run(save_dir)
     if found and not overwrite:
-        shown = ', '.join(found[:3]) + (', ...' if len(found) > 3 else '')
         raise UserError('--save_dir %s holds an earlier run (%s): continue it with --resume, '
                         'replace it with --overwrite, or choose another --save_dir'
-                        % (save_dir, shown))
+                        % (save_dir, _shown(found)))
+
+
+def check_resumable(save_dir, monitor):
+    """--resume, before the data are loaded: UserError when save_dir holds an earlier run but no
+    checkpoint to continue it from (a fresh run would replace it), or a log.csv that lacks
+    the columns of this run (`monitor`: its validation accuracy column). An empty save_dir,
+    or one with an empty log.csv only, is fine: training starts at epoch 1."""
+    if not checkpoints(save_dir):
+        found = earlier_run(save_dir)
+        if found:
+            raise UserError('--resume: --save_dir %s holds an earlier run (%s) but no checkpoint '
+                            '(weights-XX.h5) to continue it from: start afresh with --overwrite '
+                            'instead of --resume, or choose another --save_dir'
+                            % (save_dir, _shown(found)))
+        return
+    log_path = os.path.join(save_dir, 'log.csv')
+    lines = _log_lines(log_path) if os.path.isfile(log_path) else []
+    if not lines:
+        return  # CSVLogger writes the header
+    header = _csv_row(lines[0])
+    required = {'epoch', 'loss', 'val_loss', 'lr', 'epoch_time', monitor,
+                monitor[len('val_'):] if monitor.startswith('val_') else monitor}
+    missing = sorted(required - set(header))
+    if missing:
+        raise UserError('%s lacks columns this run logs (%s; it has %s): a log of another model? '
+                        'Move it away to resume without it' % (log_path, ', '.join(missing),
+                                                               ','.join(header)))
 
 
 def remove_earlier_run(save_dir):
@@ -360,24 +443,31 @@ def remove_earlier_run(save_dir):
 
 def resume_weights(model, save_dir, epochs=None):
     """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
-    number of epochs done), 0 when there is none. A damaged newest file is reported and
-    skipped once (the one before it is tried); a second failure is an error. A newest
+    number of epochs done), 0 when there is none (a note: training starts at epoch 1). A
+    damaged newest file is reported and skipped once (the one before it is tried); when no
+    checkpoint tried loads, UserError naming each and why (another architecture: the model
+    flags differ from the run's): --resume never starts afresh over an earlier run. A newest
     file past `epochs` (the run's --epochs) is an error naming it: resuming would train nothing."""
     found = checkpoints(save_dir)
     if found and epochs is not None and found[0][0] > epochs:
         raise UserError('%s says the run is already past --epochs %d (%d epochs done): raise '
                         '--epochs, or remove that file if it is stray' % (found[0][1], epochs,
                                                                           found[0][0]))
-    for tries, (epoch, path) in enumerate(found):
+    failed = []
+    for epoch, path in found[:2]:
         try:
             load_weights_h5(model, path)
         except UserError as e:
-            if tries > 0:
-                raise
-            print('note: skipping %s: %s' % (path, e))
+            failed.append(str(e))
+            if len(found) > 1 and len(failed) == 1:
+                print('note: skipping %s: %s' % (path, e))
             continue
         print('Resuming after epoch %d from %s' % (epoch, path))
         return epoch
+    if failed:
+        raise UserError('--resume: no checkpoint in %s loads (%s): give the flags of the run it '
+                        'continues (--model, architecture), or start afresh with --overwrite '
+                        'instead of --resume' % (save_dir, '; '.join(failed)))
     print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
     return 0
 
@@ -411,13 +501,34 @@ def check_validation_split(save_dir, n):
 
 def record_validation_split(save_dir, n, train_images):
     """Writes save_dir/validation_split.json (atomically): the split --resume checks. Nothing
-    for n = 0, the default: a folder without the file validated on the test set."""
+    for n = 0, the default (a stale file of a run stopped before its first epoch is removed): a
+    folder without the file validated on the test set."""
+    path = os.path.join(save_dir, SPLIT_FILE)
     if not n:
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
         return
-    with atomic_write(os.path.join(save_dir, SPLIT_FILE)) as tmp:
+    with atomic_write(path) as tmp:
         with open(tmp, 'w') as f:
             json.dump({'validation_split': int(n), 'train_images': int(train_images)}, f)
             f.write('\n')
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run on save_dir, knowing what to tell: continue with --resume when a
+    checkpoint is there, else that nothing was saved (a note: no error of the user's)."""
+
+    def __init__(self, save_dir, testing=False):
+        super(Interrupted, self).__init__()
+        self.save_dir, self.testing = save_dir, testing
+
+    def advice(self):
+        if self.testing:
+            return 'error: interrupted'
+        if checkpoints(self.save_dir):
+            return 'error: interrupted; continue with --resume (same --save_dir)'
+        return ('note: interrupted before the first checkpoint (weights-01.h5): nothing was '
+                'saved; run the same command again to start afresh')
 
 
 def restore_optimizer(model, path):
@@ -462,12 +573,13 @@ def trim_log(log_path, initial_epoch):
     """Keeps log.csv's header and, of the epochs < initial_epoch, one row each in epoch order
     (rewritten atomically), so that appending the resumed epochs gives each epoch exactly
     once, in order. An epoch logged twice (an earlier resume from an older checkpoint)
-    keeps its last row: the one of the run that wrote the checkpoint resumed from."""
+    keeps its last row: the one of the run that wrote the checkpoint resumed from. Returns
+    the header's column names, None when there is no log (or an empty one)."""
     if not os.path.isfile(log_path):
-        return
+        return None
     lines = _log_lines(log_path)
     if not lines:
-        return
+        return None
     header = _csv_row(lines[0])
     if 'epoch' not in header:
         raise UserError('%s has no epoch column: cannot resume its log' % log_path)
@@ -488,6 +600,7 @@ def trim_log(log_path, initial_epoch):
     with atomic_write(log_path) as tmp:
         with open(tmp, 'w') as f:
             f.writelines(kept)
+    return header
 
 
 def logged_best(log_path, column):
@@ -538,16 +651,17 @@ def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
     """
     template = template or model
     log_path = os.path.join(save_dir, 'log.csv')
+    log = callbacks.CSVLogger(log_path)
     if initial_epoch > 0:
         restore_optimizer(model, os.path.join(save_dir, 'optimizer-%02d.npz' % initial_epoch))
-        trim_log(log_path, initial_epoch)
+        log = AppendingLog(log_path, trim_log(log_path, initial_epoch))
     nan_guard = NaNGuard()
     best_path = os.path.join(save_dir, 'best_model.h5')
     best = logged_best(log_path, monitor) if initial_epoch > 0 and os.path.isfile(best_path) else None
     cbs = [callbacks.LearningRateScheduler(schedule),
            EpochStats(),
            nan_guard,
-           callbacks.CSVLogger(log_path, append=initial_epoch > 0),
+           log,
            WeightsCheckpoint(save_dir, nan_guard, template, keep=keep_checkpoints),
            BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
     if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)

@@ -552,6 +552,60 @@ def _only_live_temps(save_dir, out):
     assert 'note: removed .weights-02.tmp-' in out
 
 
+def _only(*keep):
+    """Removes every file of the save_dir but `keep`."""
+    def prepare(save_dir):
+        for name in os.listdir(save_dir):
+            if name not in keep:
+                os.remove(os.path.join(save_dir, name))
+    return prepare
+
+
+def _log_without_checkpoints(save_dir):
+    _log_rows(save_dir, [0, 1, 2])
+    _only('log.csv', 'best_model.h5', 'trained_model.h5')(save_dir)
+
+
+def _truncated_checkpoint(save_dir):
+    path = os.path.join(save_dir, 'weights-01.h5')
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2])
+
+
+def _other_architecture_checkpoint(save_dir):
+    h5weights.save_weights_h5(tiny_model(primary_channels=8),
+                              os.path.join(save_dir, 'weights-01.h5'))
+
+
+def _empty_log_only(header):
+    """What a run stopped in its first epoch leaves: log.csv, empty or with its header only."""
+    def prepare(save_dir):
+        with open(os.path.join(save_dir, 'log.csv')) as f:
+            first = f.readline() if header else ''
+        _only('log.csv')(save_dir)
+        with open(os.path.join(save_dir, 'log.csv'), 'w') as f:
+            f.write(first)
+    return prepare
+
+
+def _log_columns(edit):
+    """Rewrites log.csv's lines as edit(line, index) (index 0: the header)."""
+    def prepare(save_dir):
+        path = os.path.join(save_dir, 'log.csv')
+        with open(path) as f:
+            lines = f.read().splitlines()
+        with open(path, 'w') as f:
+            f.write(''.join(edit(line, i) + '\n' for i, line in enumerate(lines)))
+    return prepare
+
+
+def _fresh_run(save_dir, out):
+    assert log_epochs(save_dir) == [0]
+    assert 'weights-01.h5' in os.listdir(save_dir)
+
+
 def _logged(epochs):
     def check(save_dir, out):
         assert log_epochs(save_dir) == epochs
@@ -580,6 +634,32 @@ SAVE_DIR_CASES = {
                                'weights-99.h5 says the run is already past --epochs 2', None),
     # 14: a kill -9 mid-write left a temp file; the live writer's (this process's) stays
     'stale_temp_files': (_stale_temps, ['--resume', '--epochs', '1'], None, _only_live_temps),
+    # issue 30, 1: --resume with nothing loadable never starts afresh over the earlier run
+    'resume_log_without_checkpoint': (_log_without_checkpoints, ['--resume', '--epochs', '4'],
+                                      'holds an earlier run (best_model.h5, log.csv, '
+                                      'trained_model.h5) but no checkpoint', None),
+    'resume_truncated_only_checkpoint': (_truncated_checkpoint, ['--resume', '--epochs', '2'],
+                                         'no checkpoint in', None),
+    'resume_other_architecture_checkpoint': (_other_architecture_checkpoint,
+                                             ['--resume', '--epochs', '2'],
+                                             'primarycap_conv2d', None),
+    # the run was trained with --conv1_filters 16 (TINY): these flags come after TINY's
+    'resume_mistyped_architecture_flag': (lambda d: None,
+                                          ['--resume', '--epochs', '2', '--conv1_filters', '8'],
+                                          "layer 'conv1'", None),
+    # issue 30, 3: a log of other columns, refused before training
+    'resume_log_of_other_columns': (_log_columns(lambda line, i: line.split(',')[0] + ',0.5'
+                                                 if i else 'epoch,loss'),
+                                    ['--resume', '--epochs', '2'], 'lacks columns this run logs',
+                                    None),
+    # ... or, one it cannot tell before training (an extra column), before a row is appended
+    'resume_log_with_an_extra_column': (_log_columns(lambda line, i: line + (',x' if i else ',foo')),
+                                        ['--resume', '--epochs', '2'], 'nothing appended', None),
+    # issue 33, 2: what a run stopped before its first checkpoint leaves is no earlier run
+    'empty_log_only': (_empty_log_only(header=False), ['--epochs', '1'], None, _fresh_run),
+    'header_only_log': (_empty_log_only(header=True), ['--epochs', '1'], None, _fresh_run),
+    'resume_header_only_log': (_empty_log_only(header=True), ['--resume', '--epochs', '1'], None,
+                               _fresh_run),
 }
 
 
@@ -589,14 +669,47 @@ def test_save_dir_states(capsys, save_dir, data_dir, case):
     prepare, argv, message, check = SAVE_DIR_CASES[case]
     prepare(save_dir)
     before = snapshot(save_dir)
-    code, out, err = run_main(capsys, *argv, '--data_dir', data_dir, '--save_dir', save_dir,
-                              '--seed', '0', *TINY)
+    code, out, err = run_main(capsys, '--data_dir', data_dir, '--save_dir', save_dir,
+                              '--seed', '0', *(TINY + argv))
     if message is not None:
         assert_one_error_line(code, err, message)
         assert snapshot(save_dir) == before
         return
     assert code == 0, err[-3000:]
     check(save_dir, out)
+
+
+def _outside_link(name, outside, save_dir):
+    """Moves save_dir's `name` (or a file of text) to `outside`; links save_dir/name to it."""
+    path = os.path.join(save_dir, name)
+    if os.path.exists(path):
+        shutil.move(path, outside)
+    else:
+        with open(outside, 'w') as f:
+            f.write('a file of somebody else\n')
+    os.symlink(outside, path)
+
+
+# issue 30, 2: a file the run writes is a link out of --save_dir (the 'new folder' one: what a
+# command.sh that always passes --resume meets; CSVLogger truncated the link's target there)
+LINK_CASES = {'log_of_a_run': ('log.csv', True), 'log_in_a_new_folder': ('log.csv', False),
+              'trained_model': ('trained_model.h5', True)}
+
+
+@pytest.mark.parametrize('case', sorted(LINK_CASES))
+def test_files_linked_out_of_save_dir_are_not_written(capsys, tmp_path, save_dir, data_dir, case):
+    name, run_there = LINK_CASES[case]
+    if not run_there:
+        shutil.rmtree(save_dir)
+        os.makedirs(save_dir)
+    outside = str(tmp_path / ('outside-' + name))
+    _outside_link(name, outside, save_dir)
+    before, outside_before = snapshot(save_dir), snapshot(str(tmp_path))
+    code, out, err = run_main(capsys, '--resume', '--epochs', '2', '--data_dir', data_dir,
+                              '--save_dir', save_dir, '--seed', '0', *TINY)
+    assert_one_error_line(code, err, '%s is a symbolic link' % os.path.join(save_dir, name))
+    assert snapshot(save_dir) == before and snapshot(str(tmp_path)) == outside_before
+    assert os.path.islink(os.path.join(save_dir, name))
 
 
 def test_full_disk_while_writing_a_figure(capsys, monkeypatch, trained, save_dir, data_dir):
@@ -825,3 +938,47 @@ def test_sigint_during_start_up_is_one_line(tmp_path):
                                 '--save_dir', str(tmp_path / 'out'), timeout=120)
     assert_one_error_line(result.returncode, result.stderr, 'interrupted')
     assert not (tmp_path / 'out').exists()
+
+
+# Runs capsulenet.py as __main__ with Ctrl-C arriving as epoch INTERRUPT_AT_EPOCH (from 0)
+# begins: 0, before the first checkpoint; 1, after weights-01.h5.
+INTERRUPTED_EPOCH = """
+import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as INTERRUPTED_START says
+import training
+begin = training.EpochStats.on_epoch_begin
+def interrupt(self, epoch, logs=None):
+    begin(self, epoch, logs)
+    if epoch == int(os.environ['INTERRUPT_AT_EPOCH']):
+        os.kill(os.getpid(), signal.SIGINT)
+training.EpochStats.on_epoch_begin = interrupt
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+# issue 33, 2: before the first checkpoint, a note on a line of its own (Ctrl-C lands on the
+# progress bar's), and the same command starts again; after it, continue with --resume
+@pytest.mark.parametrize('epoch', [0, 1])
+def test_sigint_in_training_says_what_to_do(capsys, tmp_path, data_dir, epoch):
+    save_dir = str(tmp_path / 'run')
+    argv = ['--data_dir', data_dir, '--save_dir', save_dir, '--seed', '0'] + TINY
+    result = helpers.run_python('-c', INTERRUPTED_EPOCH, os.path.join(ROOT, 'capsulenet.py'),
+                                '--epochs', '2', *argv, timeout=300,
+                                INTERRUPT_AT_EPOCH=str(epoch))
+    if epoch == 1:
+        assert_one_error_line(result.returncode, result.stderr, 'interrupted; continue with '
+                              '--resume (same --save_dir)')
+        assert result.returncode == 130
+        assert training.latest_checkpoint(save_dir)[0] == 1
+        return
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr and 'error:' not in result.stderr
+    assert result.stderr.endswith('note: interrupted before the first checkpoint '
+                                  '(weights-01.h5): nothing was saved; run the same command '
+                                  'again to start afresh\n'), result.stderr[-3000:]
+    assert '\n\nnote: interrupted' in '\n' + result.stderr  # printed after a newline of its own
+    assert set(os.listdir(save_dir)) <= {'log.csv'}
+    code, out, err = run_main(capsys, '--epochs', '1', *argv)
+    assert code == 0, err[-3000:]
+    assert log_epochs(save_dir) == [0]
