@@ -48,19 +48,30 @@ def save_weights_h5(model, path, dtype=None):
     datasets /<layer>/<owner>/<var>:0. Written to a temp file then renamed, so a crash
     leaves the previous file whole.
     """
-    import h5py
     with atomic_write(path) as tmp:
-        with h5py.File(tmp, 'w') as f:
-            f.attrs['keras_version'] = np.bytes_(keras.__version__)
-            f.attrs['backend'] = np.bytes_(BACKEND)
-            f.attrs['layer_names'] = [np.bytes_(layer.name) for layer in model.layers]
-            for layer in model.layers:
-                group = f.create_group(layer.name)
-                weights = layer.get_weights()
-                names = _weight_names(layer) if weights else []
-                group.attrs['weight_names'] = [np.bytes_(n) for n in names]
-                for name, value in zip(names, weights):
-                    group.create_dataset(name, data=value if dtype is None else value.astype(dtype))
+        try:
+            _write_layers(model, tmp, dtype)
+        except RuntimeError as e:
+            # a write that fails at a flush (full disk, file size limit) comes from h5py as a
+            # RuntimeError, not an OSError: "Can't decrement id ref count (unable to extend
+            # file properly, errno = 27, error message = 'File too large')" (measured)
+            raise UserError('cannot write %s: %s' % (path, e))
+
+
+def _write_layers(model, path, dtype):
+    """save_weights_h5's file, written at path in place."""
+    import h5py
+    with h5py.File(path, 'w') as f:
+        f.attrs['keras_version'] = np.bytes_(keras.__version__)
+        f.attrs['backend'] = np.bytes_(BACKEND)
+        f.attrs['layer_names'] = [np.bytes_(layer.name) for layer in model.layers]
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            weights = layer.get_weights()
+            names = _weight_names(layer) if weights else []
+            group.attrs['weight_names'] = [np.bytes_(n) for n in names]
+            for name, value in zip(names, weights):
+                group.create_dataset(name, data=value if dtype is None else value.astype(dtype))
 
 
 def _decode(value):
@@ -69,40 +80,43 @@ def _decode(value):
 
 # more names than any Keras model has layers: a bigger names attribute is no weights file's
 MAX_NAMES = 1 << 16
-# soft links followed in a row before a path counts as a loop
+# soft links followed to find one object, at most: beyond, a loop (or a maze of links)
 MAX_LINK_HOPS = 16
 
 
-def _get(group, path, file_path, hops=0):
+def _get(group, path, file_path, hops_left=None):
     """The h5py object at path ('a/b/c') under group, or None where nothing is there.
 
     Opens one link at a time, asking each link's type first: hard and soft links (soft ones
-    point inside the same file) are followed; an external link, or a link of a user-defined
-    type, would open another file and is refused before anything is read through it.
+    point inside the same file) are followed, MAX_LINK_HOPS soft ones at most in all; an
+    external link, or a link of a user-defined type, would open another file and is refused
+    before anything is read through it. hops_left: [soft links still allowed], shared by the
+    nested calls that resolve soft links.
     """
     import h5py
     from h5py import h5l
+    hops_left = [MAX_LINK_HOPS] if hops_left is None else hops_left
     node = group.file if path.startswith('/') else group
     for part in [p for p in path.split('/') if p not in ('', '.')]:
         if not isinstance(node, h5py.Group):
             return None
-        name, links = part.encode('utf8'), node.id.links
+        name, links, where = part.encode('utf8'), node.id.links, node.name.rstrip('/')
         if not links.exists(name):
             return None
         kind = links.get_info(name).type
         if kind == h5l.TYPE_HARD:
             node = node[part]
-        elif kind == h5l.TYPE_SOFT and hops < MAX_LINK_HOPS:
-            node = _get(node, _decode(links.get_val(name)), file_path, hops + 1)
+        elif kind == h5l.TYPE_SOFT:
+            hops_left[0] -= 1
+            if hops_left[0] < 0:
+                raise UserError('weights file %s: soft link %s/%s is part of a loop (or a chain '
+                                'of over %d links)' % (file_path, where, part, MAX_LINK_HOPS))
+            node = _get(node, _decode(links.get_val(name)), file_path, hops_left)
             if node is None:
                 return None
-        elif kind == h5l.TYPE_SOFT:
-            raise UserError('weights file %s: soft link %s/%s is part of a loop'
-                            % (file_path, node.name.rstrip('/'), part))
         else:
             raise UserError('weights file %s: %s/%s is a link to another file; refused (a '
-                            'weights file must hold its own arrays)'
-                            % (file_path, node.name.rstrip('/'), part))
+                            'weights file must hold its own arrays)' % (file_path, where, part))
     return node
 
 
@@ -130,7 +144,8 @@ def _names(obj, key, file_path):
 def _legacy_refs(f, model, file_path):
     """{layer name: [(group, dataset name)]} for the model's layers in a legacy-layout file
     (weights-only, or full-model: under model_weights); nothing read but names."""
-    root = _group(f, 'model_weights', file_path) or f
+    root = _group(f, 'model_weights', file_path)
+    root = f if root is None else root
     listed = set(_names(root, 'layer_names', file_path))
     out = {}
     for layer in model.layers:
@@ -171,7 +186,8 @@ def _read_keras3_refs(f, model, file_path):
     """{layer name: [(group, dataset name)]} from a Keras 3 .weights.h5 file
     (layers/<class name>/vars/<i>); nothing read but names."""
     out = {}
-    root = _group(f, 'layers', file_path) or f
+    root = _group(f, 'layers', file_path)
+    root = f if root is None else root
     for layer, group_name in _keras3_group_names(model.layers):
         group = _group(root, group_name, file_path)
         if group is None:
@@ -217,9 +233,9 @@ def _check_declared(dataset, current, layer_name, file_path):
                         % (layer_name, file_path, dataset.dtype, dataset.name))
     # HDF5 inflates a whole chunk to read any of it, and a resizable dataset's chunks may be
     # far larger than its data
-    chunks = dataset.chunks
-    limit = max(int(np.prod(current.shape)) * dataset.dtype.itemsize, 1 << 20)
-    if chunks is not None and int(np.prod(chunks, dtype=np.float64)) * dataset.dtype.itemsize > limit:
+    chunks, itemsize = dataset.chunks, dataset.dtype.itemsize
+    limit = max(int(np.prod(current.shape)) * itemsize, 1 << 20)
+    if chunks is not None and int(np.prod(chunks, dtype=np.float64)) * itemsize > limit:
         raise UserError('layer %r: dataset %s in %s has chunks %s, larger than its data '
                         '(damaged?)' % (layer_name, dataset.name, file_path, chunks))
 

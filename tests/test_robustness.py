@@ -580,16 +580,32 @@ def untrained(tmp_path_factory):
     return folder
 
 
+def _soft_link_inside(group, name, kernel, folder):
+    import h5py
+    group.file.create_dataset('kernel_copy', data=kernel)
+    group[name] = h5py.SoftLink('/kernel_copy')
+
+
+# files like the hostile ones that do load: the hostile ones fail for the right reason
+LOADABLE_H5 = {'keras3_layout_loads': _keras3_layout(),
+               'soft_link_inside_loads': _edited_copy(_swap_kernel(_soft_link_inside))}
+
+
 @pytest.mark.stack
-@pytest.mark.parametrize('case', sorted(HOSTILE_H5_CASES) + ['keras3_layout_loads'])
+@pytest.mark.parametrize('case', sorted(HOSTILE_H5_CASES) + sorted(LOADABLE_H5))
 def test_hostile_weights_change_no_weight(tmp_path, untrained, case):
     """Each backend: the hostile files of the catalogue are refused before the model changes
     (on keras 2.2.4 and TensorFlow the huge one was a MemoryError traceback, on JAX too)."""
     path = str(tmp_path / 'weights.h5')
-    if case == 'keras3_layout_loads':  # the hostile Keras 3 files fail for the right reason
-        _keras3_layout()(path, untrained)
+    if case in LOADABLE_H5:
+        LOADABLE_H5[case](path, untrained)
         model = tiny_model()
         assert h5weights.load_weights_h5(model, path) == 'weights'
+        loaded = model.get_weights()  # before the next model's session (keras 2.2.4 graphs)
+        expected = tiny_model()
+        h5weights.load_weights_h5(expected, os.path.join(untrained, 'trained_model.h5'))
+        for a, b in zip(expected.get_weights(), loaded):
+            np.testing.assert_array_equal(a, b)
         return
     make, message = HOSTILE_H5_CASES[case]
     make(path, untrained)
@@ -641,28 +657,38 @@ def test_unwritable_save_dir(capsys, monkeypatch, save_dir, data_dir):
     assert snapshot(save_dir) == before
 
 
-# what h5py 3.14 raised writing to /dev/full: HDF5 puts a ctime() stamp, newline included, in it
-HDF5_NO_SPACE = ("Unable to synchronously create dataset (file write failed: time = Fri Dec  4 "
-                 "23:11:59 2026\n, filename = 'x.h5', file descriptor = 3, errno = 28, error "
-                 "message = 'No space left on device', buf = 0x55fc0f0a77b8, total write size = "
-                 "96, bytes this sub-write = 96, offset = 0)")
+# what h5py 3.14 raised with no room left (measured): an OSError at the first write to
+# /dev/full, a RuntimeError at a later flush under a file size limit (RLIMIT_FSIZE); HDF5
+# puts a ctime() stamp, newline included, in its messages
+HDF5_OSERROR = ("Unable to synchronously create file (file write failed: time = Fri Dec  4 "
+                "23:11:59 2026\n, filename = 'x.h5', file descriptor = 3, errno = 28, error "
+                "message = 'No space left on device', buf = 0x55fc0f0a77b8, total write size = "
+                "96, bytes this sub-write = 96, offset = 0)")
+HDF5_RUNTIMEERROR = ("Set slist enabled failed (file write failed: time = Fri Dec  4 23:21:26 "
+                     "2026\n, filename = 'x.h5', file descriptor = 3, errno = 27, error message "
+                     "= 'File too large', buf = 0x55c97b900a38, total write size = 3144, bytes "
+                     "this sub-write = 3144, offset = 3000)")
 
 
-@pytest.mark.parametrize('message,shown', [
-    (os.strerror(errno.ENOSPC), os.strerror(errno.ENOSPC)),
-    # issue 30, 11: was two lines
-    (HDF5_NO_SPACE, "time = Fri Dec  4 23:11:59 2026 , filename = 'x.h5'")])
-def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_dir, message,
+@pytest.mark.parametrize('error,shown', [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), os.strerror(errno.ENOSPC)),
+    # issue 30, 11: were two lines, and a traceback
+    (OSError(errno.ENOSPC, HDF5_OSERROR), "2026 , filename = 'x.h5'"),
+    (RuntimeError(HDF5_RUNTIMEERROR), "error message = 'File too large'")],
+    ids=['oserror', 'hdf5_oserror', 'hdf5_runtimeerror'])
+def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_dir, error,
                                             shown):
     import h5py
 
     def no_space(self, *args, **kwargs):
-        raise OSError(errno.ENOSPC, message)
+        raise error
     monkeypatch.setattr(h5py.Group, 'create_dataset', no_space)
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, '--resume', '--epochs', '2', '--data_dir', data_dir,
                               '--save_dir', save_dir, *TINY)
-    assert_one_error_line(code, err, shown)
+    checkpoint = os.path.join(save_dir, 'weights-02.h5')
+    assert_one_error_line(code, err, 'cannot write %s: ' % checkpoint)
+    assert shown in err
     after = snapshot(save_dir)
     for name in ['weights-01.h5', 'optimizer-01.npz', 'trained_model.h5']:
         assert after[name] == before[name]
