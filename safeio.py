@@ -1,9 +1,10 @@
 """User-facing errors and crash-safe file writes; no Keras, so every module may import it.
 
 UserError: a problem with the user's input (file, flag, data), printed by the command lines as
-one `error:` line, never a traceback. OneLineParser: argparse whose bad flags are such a line
-too (every command line's parser). atomic_write: write a temp file, rename it over the target;
-remove_stale_temps: clear the temp files of writers that were killed mid-write.
+one `error:` line, never a traceback (one_line: any message made one line). OneLineParser:
+argparse whose bad flags are such a line too (every command line's parser). atomic_write: write
+a temp file, rename it over the target; remove_stale_temps: clear the temp files of writers that
+were killed mid-write.
 interrupt_is_one_line: Ctrl-C before a command line's own handler runs gives one line too.
 """
 import argparse
@@ -13,8 +14,18 @@ import re
 import sys
 
 
+def one_line(text):
+    """text with each line break, and the blanks around it, made one space: the messages of
+    HDF5 (h5py's OSError on a full disk) carry a ctime() time stamp that ends in a newline."""
+    return re.sub(r'\s*[\r\n]+\s*', ' ', str(text)).strip()
+
+
 class UserError(Exception):
-    """A problem with the user's input (file, flag, data): printed as one line, no traceback."""
+    """A problem with the user's input (file, flag, data): printed as one line, no traceback
+    (its text is one line whatever the message it was given, e.g. a library's, holds)."""
+
+    def __str__(self):
+        return one_line(super(UserError, self).__str__())
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,7 +34,7 @@ class OneLineParser(argparse.ArgumentParser):
     parent's class)."""
 
     def error(self, message):
-        self.exit(2, 'error: %s\n' % message)
+        self.exit(2, 'error: %s\n' % one_line(message))
 
 
 def atomic_path(path):

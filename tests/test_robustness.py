@@ -412,6 +412,137 @@ def _set_attr(group, name, value):
     return edit
 
 
+def _swap_kernel(put):
+    """An edit: conv1's kernel replaced by what put(group, name, kernel, folder) puts there
+    (folder: the edited file's, for the other files a hostile one points into)."""
+    def edit(f):
+        group, name = f['conv1'], 'conv1/kernel:0'
+        kernel = np.asarray(group[name])
+        del group[name]
+        put(group, name, kernel, os.path.dirname(os.path.abspath(f.filename)))
+    return edit
+
+
+def _huge_declared(group, name, kernel, folder):
+    # (2^40, 2^20) float32, 4 EiB declared: chunked with no chunk written, a few KB on disk
+    group.create_dataset(name, shape=(2 ** 40, 2 ** 20), dtype='float32', chunks=(1, 1024))
+
+
+def _other_file(kernel, folder):
+    """An HDF5 file beside the hostile one, holding kernel as /kernel."""
+    import h5py
+    path = os.path.join(folder, 'other.h5')
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('kernel', data=kernel)
+    return path
+
+
+def _external_link(group, name, kernel, folder):
+    import h5py
+    group[name] = h5py.ExternalLink(_other_file(kernel, folder), '/kernel')
+
+
+def _external_storage(group, name, kernel, folder):
+    raw = os.path.join(folder, 'other.bin')
+    with open(raw, 'wb') as f:
+        f.write(kernel.tobytes())
+    group.create_dataset(name, shape=kernel.shape, dtype=kernel.dtype,
+                         external=[(raw, 0, kernel.nbytes)])
+
+
+def _virtual(group, name, kernel, folder):
+    import h5py
+    layout = h5py.VirtualLayout(shape=kernel.shape, dtype=kernel.dtype)
+    layout[...] = h5py.VirtualSource(_other_file(kernel, folder), 'kernel', shape=kernel.shape)
+    group.create_virtual_dataset(name, layout)
+
+
+def _soft_link_loop(group, name, kernel, folder):
+    import h5py
+    group[name] = h5py.SoftLink(group.name + '/' + name)
+
+
+def _full_model(make):
+    """make's file as a keras 2.2.4 full-model file: its groups under model_weights."""
+    def wrapped(path, trained):
+        inner = os.path.join(os.path.dirname(path), 'inner.h5')
+        make(inner, trained)
+        craft_full_model_file(inner, path, os.path.join(os.path.dirname(path), 'PWNED'))
+        os.remove(inner)
+    return wrapped
+
+
+def _model_weights_elsewhere(path, trained):
+    """A full-model file whose model_weights group is a link to another file's weights."""
+    import h5py
+    with h5py.File(path, 'w') as f:
+        f.attrs['keras_version'] = np.bytes_('2.2.4')
+        f['model_weights'] = h5py.ExternalLink(os.path.join(trained, 'trained_model.h5'), '/')
+
+
+def _keras3_layout(put=None):
+    """A Keras 3 .weights.h5 layout (layers/<class name>/vars/<i>) of the trained weights;
+    with put, conv1's kernel (layers/conv2d/vars/0) replaced as _swap_kernel does."""
+    def make(path, trained):
+        import h5py
+        model = tiny_model()
+        h5weights.load_weights_h5(model, os.path.join(trained, 'trained_model.h5'))
+        with h5py.File(path, 'w') as f:
+            for layer, name in h5weights._keras3_group_names(model.layers):
+                owners = (h5weights._keras3_group_names(layer.layers)
+                          if hasattr(layer, 'layers') else [(layer, None)])
+                for owner, sub in owners:
+                    where = 'layers/%s/' % name + ('layers/%s/' % sub if sub else '') + 'vars'
+                    for i, value in enumerate(owner.get_weights()):
+                        f.require_group(where).create_dataset(str(i), data=value)
+            if put is not None:
+                group = f['layers/conv2d/vars']
+                kernel = np.asarray(group['0'])
+                del group['0']
+                put(group, '0', kernel, os.path.dirname(os.path.abspath(path)))
+    return make
+
+
+def _listed_again(times):
+    """An edit: conv1's weight_names list an 8 MB dataset (declared, not stored) `times`
+    times; read whole before any check, that was times x 8 MB."""
+    def edit(f):
+        f['conv1'].create_dataset('big', shape=(2 ** 21,), dtype='float32', chunks=(2 ** 16,))
+        f['conv1'].attrs['weight_names'] = [np.bytes_('big')] * times
+    return edit
+
+
+# issue 30, 4-6: declared sizes checked before reading, finite after the cast to float32,
+# nothing read from other files; on the weights-only, full-model and Keras 3 layouts
+HOSTILE_H5_CASES = {
+    'huge_declared_dataset': (_edited_copy(_swap_kernel(_huge_declared)),
+                              'has (1099511627776, 1048576) (dataset /conv1/conv1/kernel:0)'),
+    'huge_declared_full_model': (
+        _full_model(_edited_copy(_swap_kernel(_huge_declared))),
+        'has (1099511627776, 1048576) (dataset /model_weights/conv1/conv1/kernel:0)'),
+    'huge_declared_keras3': (_keras3_layout(_huge_declared),
+                             'has (1099511627776, 1048576) (dataset /layers/conv2d/vars/0)'),
+    'listed_many_times': (_edited_copy(_listed_again(80)), 'model has 2 weights, file'),
+    'float64_overflows_float32': (
+        _edited_copy(_replace_kernel(lambda k: np.full(k.shape, 1e300))),
+        'NaN or infinite values as float32 (dataset /conv1/conv1/kernel:0)'),
+    'external_link': (_edited_copy(_swap_kernel(_external_link)),
+                      '/conv1/conv1/kernel:0 is a link to another file; refused'),
+    'external_link_full_model': (_full_model(_edited_copy(_swap_kernel(_external_link))),
+                                 '/model_weights/conv1/conv1/kernel:0 is a link to another file'),
+    'external_link_keras3': (_keras3_layout(_external_link),
+                             '/layers/conv2d/vars/0 is a link to another file'),
+    'model_weights_external_link': (_model_weights_elsewhere,
+                                    '/model_weights is a link to another file'),
+    'external_storage': (_edited_copy(_swap_kernel(_external_storage)),
+                         'dataset /conv1/conv1/kernel:0 in %s stores its data in another file'),
+    'external_storage_full_model': (_full_model(_edited_copy(_swap_kernel(_external_storage))),
+                                    'stores its data in another file'),
+    'virtual_dataset': (_edited_copy(_swap_kernel(_virtual)), 'is a virtual dataset'),
+    'soft_link_loop': (_edited_copy(_swap_kernel(_soft_link_loop)), 'is part of a loop'),
+}
+
+
 H5_CASES = {'not_hdf5': (_not_hdf5, 'not a readable HDF5'),
             # issue 15, 3 and 11: right shapes, wrong values or wrongly typed attributes
             'string_dtype': (_edited_copy(_replace_kernel(lambda k: k.astype('S12'))),
@@ -427,6 +558,7 @@ H5_CASES = {'not_hdf5': (_not_hdf5, 'not a readable HDF5'),
             'other_architecture': (_other_architecture, 'primarycap_conv2d'),
             'hdf5_not_keras': (_hdf5_not_keras, "no layer 'conv1'"),
             'missing': (lambda path, trained: None, 'weights file not found')}
+H5_CASES.update(HOSTILE_H5_CASES)
 
 
 @pytest.mark.parametrize('case', sorted(H5_CASES))
@@ -437,8 +569,76 @@ def test_bad_weights_files(capsys, tmp_path, trained, save_dir, data_dir, case):
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, '-t', '-w', path, '--data_dir', data_dir,
                               '--save_dir', save_dir, *TINY)
-    assert_one_error_line(code, err, message)
+    assert_one_error_line(code, err, message.replace('%s', path))
     assert snapshot(save_dir) == before
+
+
+@pytest.fixture(scope='module')
+def untrained(tmp_path_factory):
+    """A folder holding trained_model.h5 of a fresh tiny model (no CLI training: quick on
+    every backend), for the makers of H5_CASES."""
+    folder = str(tmp_path_factory.mktemp('untrained'))
+    h5weights.save_weights_h5(tiny_model(), os.path.join(folder, 'trained_model.h5'))
+    return folder
+
+
+def _soft_link_inside(group, name, kernel, folder):
+    import h5py
+    group.file.create_dataset('kernel_copy', data=kernel)
+    group[name] = h5py.SoftLink('/kernel_copy')
+
+
+# files like the hostile ones that do load: the hostile ones fail for the right reason
+LOADABLE_H5 = {'keras3_layout_loads': _keras3_layout(),
+               'soft_link_inside_loads': _edited_copy(_swap_kernel(_soft_link_inside))}
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize('case', sorted(HOSTILE_H5_CASES) + sorted(LOADABLE_H5))
+def test_hostile_weights_change_no_weight(tmp_path, untrained, case):
+    """Each backend: the hostile files of the catalogue are refused before the model changes
+    (on keras 2.2.4 and TensorFlow the huge one was a MemoryError traceback, on JAX too)."""
+    path = str(tmp_path / 'weights.h5')
+    if case in LOADABLE_H5:
+        LOADABLE_H5[case](path, untrained)
+        model = tiny_model()
+        assert h5weights.load_weights_h5(model, path) == 'weights'
+        loaded = model.get_weights()  # before the next model's session (keras 2.2.4 graphs)
+        expected = tiny_model()
+        h5weights.load_weights_h5(expected, os.path.join(untrained, 'trained_model.h5'))
+        for a, b in zip(expected.get_weights(), loaded):
+            np.testing.assert_array_equal(a, b)
+        return
+    make, message = HOSTILE_H5_CASES[case]
+    make(path, untrained)
+    model = tiny_model()
+    before = model.get_weights()
+    with pytest.raises(C.UserError) as error:
+        h5weights.load_weights_h5(model, path)
+    assert message.replace('%s', path) in str(error.value)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.stack
+def test_weights_read_is_bounded_by_the_model(tmp_path, untrained):
+    """A file listing one 8 MB dataset 10 times for conv1 (2 weights, 6 KB): refused with
+    less memory than the model's own weights take, not after reading 80 MB."""
+    import tracemalloc
+    path = str(tmp_path / 'weights.h5')
+    _edited_copy(_listed_again(10))(path, untrained)
+    model = tiny_model()
+    model_bytes = sum(w.nbytes for w in model.get_weights())
+    assert model_bytes < 10 * (2 ** 21) * 4 / 8  # the bound below is far under 80 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(C.UserError):
+            h5weights.load_weights_h5(model, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # load_weights_h5 takes a copy of the model's weights (get_weights) to compare with
+    assert peak < 2 * model_bytes + (1 << 20), peak
 
 
 def test_save_dir_under_a_file(capsys, tmp_path, data_dir):
@@ -459,16 +659,38 @@ def test_unwritable_save_dir(capsys, monkeypatch, save_dir, data_dir):
     assert snapshot(save_dir) == before
 
 
-def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_dir):
+# what h5py 3.14 raised with no room left (measured): an OSError at the first write to
+# /dev/full, a RuntimeError at a later flush under a file size limit (RLIMIT_FSIZE); HDF5
+# puts a ctime() stamp, newline included, in its messages
+HDF5_OSERROR = ("Unable to synchronously create file (file write failed: time = Fri Dec  4 "
+                "23:11:59 2026\n, filename = 'x.h5', file descriptor = 3, errno = 28, error "
+                "message = 'No space left on device', buf = 0x55fc0f0a77b8, total write size = "
+                "96, bytes this sub-write = 96, offset = 0)")
+HDF5_RUNTIMEERROR = ("Set slist enabled failed (file write failed: time = Fri Dec  4 23:21:26 "
+                     "2026\n, filename = 'x.h5', file descriptor = 3, errno = 27, error message "
+                     "= 'File too large', buf = 0x55c97b900a38, total write size = 3144, bytes "
+                     "this sub-write = 3144, offset = 3000)")
+
+
+@pytest.mark.parametrize('error,shown', [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), os.strerror(errno.ENOSPC)),
+    # issue 30, 11: were two lines, and a traceback
+    (OSError(errno.ENOSPC, HDF5_OSERROR), "2026 , filename = 'x.h5'"),
+    (RuntimeError(HDF5_RUNTIMEERROR), "error message = 'File too large'")],
+    ids=['oserror', 'hdf5_oserror', 'hdf5_runtimeerror'])
+def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_dir, error,
+                                            shown):
     import h5py
 
     def no_space(self, *args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise error
     monkeypatch.setattr(h5py.Group, 'create_dataset', no_space)
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, '--resume', '--epochs', '2', '--data_dir', data_dir,
                               '--save_dir', save_dir, *TINY)
-    assert_one_error_line(code, err, os.strerror(errno.ENOSPC))
+    checkpoint = os.path.join(save_dir, 'weights-02.h5')
+    assert_one_error_line(code, err, 'cannot write %s: ' % checkpoint)
+    assert shown in err
     after = snapshot(save_dir)
     for name in ['weights-01.h5', 'optimizer-01.npz', 'trained_model.h5']:
         assert after[name] == before[name]
