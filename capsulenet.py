@@ -335,7 +335,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                   shift_fraction=0.1, lam_recon=0.392, workers=1, mixed_precision='off',
                   xla='auto', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None,
                   debug=False, digit=5, data_dir=None, train_samples=None, test_samples=None,
-                  **options):
+                  summary=False, validation_split=0, **options):
     """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
     weights given). The arguments are the CLI's flags; options: the model's flags (its
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir).
