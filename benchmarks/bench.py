@@ -88,7 +88,7 @@ FLOP_RULE = ('FLOPs: the matrix products counted from the layer shapes (a multip
              '1x for a layer reading the image); elementwise ops not counted (bench.layer_flops)')
 
 
-def layer_flops(model):
+def layer_flops(model, images=None):
     """The FLOPs per image of the model's matrix products, from its layer shapes:
     [(layer name, part, forward, backward)], nested models' layers as 'decoder/dense'.
 
@@ -102,18 +102,19 @@ def layer_flops(model):
     both operands of routing's products); 1x for a layer reading the model's input, whose
     input gradient the step never computes. Not counted: bias adds, activations, squash,
     lengths, masks, normalisation, losses and the optimizer (elementwise, O(size), not
-    O(size x fan-in): a few % of these models' products).
+    O(size x fan-in): a few % of these models' products). images: the outermost model's
+    inputs (a nested model's own input is not the image).
     """
     import compat as C
     from capsulelayers import CapsuleLayer, FCCaps
-    rows = []
+    rows, images = [], model.inputs if images is None else images
     for layer in model.layers:
         if hasattr(layer, 'layers'):  # a nested model (the decoder): its own layers
             rows += [(layer.name + '/' + name, part, f, b)
-                     for name, part, f, b in layer_flops(layer)]
+                     for name, part, f, b in layer_flops(layer, images)]
             continue
         forward, parts = _forward_flops(layer, C, CapsuleLayer, FCCaps)
-        reads_input = bool(forward) and any(layer.input is t for t in model.inputs)
+        reads_input = bool(forward) and any(layer.input is t for t in images)
         rows += [(layer.name, part, f, f if reads_input else 2 * f)
                  for part, f in zip(parts, forward)]
     return [r for r in rows if r[2]]
@@ -314,9 +315,9 @@ def arithmetic(train_model, args, train_s):
     flops = training_flops(train_model)
     gflops = flops * args.batch_size / train_s / 1e9
     limit = matmul_gflops(args.precision, args.matmul_size)
-    return {'train_gflop_per_image': round(flops / 1e9, 4), 'gflops': round(gflops, 1),
-            'matmul_gflops': round(limit, 1), 'matmul_size': args.matmul_size,
-            'fraction_of_matmul': round(gflops / limit, 3)}
+    return {'train_gflop_per_image': round(flops / 1e9, 6), 'gflops': round(gflops, 3),
+            'matmul_gflops': round(limit, 2), 'matmul_size': args.matmul_size,
+            'fraction_of_matmul': round(gflops / limit, 4)}
 
 
 # ---------------------------------------------------------------- parent (table)

@@ -33,6 +33,7 @@ def profile(model, inputs, targets, steps, warmup, step_s, matmul_gflops):
     import tensorflow as tf
     import compat as C
     from capsulelayers import CapsuleLayer
+    tf.get_logger().setLevel('ERROR')  # one tf.function per part: its retracing warnings
     batch = len(inputs[0] if isinstance(inputs, list) else inputs)
     flops = bench.layer_flops(model)
     timer = Timer(steps, max(warmup, 1), batch, tf)
@@ -75,7 +76,8 @@ class Timer(object):
         return self.tf.cast(self.rng.rand(*shape).astype('float32'), dtype)
 
     def seconds(self, fn):
-        return bench.median_seconds(self.tf.function(fn), self.steps, self.warmup)
+        return bench.median_seconds(self.tf.function(fn, autograph=False), self.steps,
+                                    self.warmup)
 
     def forward_backward(self, fn, xs, watch, variables):
         """fn(*xs) and its gradients (output gradient: ones) for the xs flagged in watch and
