@@ -205,8 +205,8 @@ def rows(timed, batch, step_s, matmul_gflops):
 
 def row(label, seconds, step_s, gflops=None, matmul_gflops=None):
     return {'part': label, 'ms': round(1000 * seconds, 2), 'share': round(seconds / step_s, 3),
-            'gflops': None if gflops is None else round(gflops, 1),
-            'fraction_of_matmul': None if gflops is None else round(gflops / matmul_gflops, 3)}
+            'gflops': None if gflops is None else round(gflops, 3),
+            'fraction_of_matmul': None if gflops is None else round(gflops / matmul_gflops, 4)}
 
 
 def table(parts):
