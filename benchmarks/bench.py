@@ -108,23 +108,23 @@ def layer_flops(model, images=None):
     O(size x fan-in): a few % of these models' products). images: the outermost model's
     inputs (a nested model's own input is not the image).
     """
-    import compat as C
-    from capsulelayers import CapsuleLayer, FCCaps
     rows, images = [], model.inputs if images is None else images
     for layer in model.layers:
         if hasattr(layer, 'layers'):  # a nested model (the decoder): its own layers
             rows += [(layer.name + '/' + name, part, f, b)
                      for name, part, f, b in layer_flops(layer, images)]
             continue
-        forward, parts = _forward_flops(layer, C, CapsuleLayer, FCCaps)
+        forward, parts = _forward_flops(layer)
         reads_input = bool(forward) and any(layer.input is t for t in images)
         rows += [(layer.name, part, f, f if reads_input else 2 * f)
                  for part, f in zip(parts, forward)]
     return [r for r in rows if r[2]]
 
 
-def _forward_flops(layer, C, CapsuleLayer, FCCaps):
+def _forward_flops(layer):
     """([forward FLOPs per image], [part names]) of one layer (layer_flops' rules)."""
+    import compat as C
+    from capsulelayers import CapsuleLayer, FCCaps
     kind = type(layer).__name__
     if isinstance(layer, CapsuleLayer):
         n_in, d_in = layer.input_num_capsule, layer.input_dim_capsule
@@ -171,8 +171,11 @@ def matmul_gflops(precision, size, repeats=3):
             getattr(out, 'block_until_ready', lambda: None)()
     else:  # keras 2.2.4 (float32 only): one graph; the sum keeps the fetch to a scalar
         K = C.keras.backend
-        product = K.function([], [K.sum(K.dot(K.constant(a), K.constant(b)))])
-        product = (lambda f: lambda: f([]))(product)
+        # variables, not constants: grappler would fold a product of constants once
+        fetch = K.function([], [K.sum(K.dot(K.variable(a), K.variable(b)))])
+
+        def product():
+            fetch([])
     product()
     best = min(median_seconds(product, 1, 0) for _ in range(repeats))
     return 2. * size ** 3 / best / 1e9
