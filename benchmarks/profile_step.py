@@ -37,7 +37,8 @@ def profile(model, inputs, targets, steps, warmup, step_s, matmul_gflops):
     batch = len(inputs[0] if isinstance(inputs, list) else inputs)
     flops = bench.layer_flops(model)
     timer = Timer(steps, max(warmup, 1), batch, tf)
-    timed, casts = [], []  # timed: (label, seconds, FLOPs per image or None); casts: (shape, from, to)
+    # timed: (label, seconds, FLOPs per image or None); casts: (shape, from dtype, to dtype)
+    timed, casts = [], []
     for layer in model.layers:
         if type(layer).__name__ == 'InputLayer':
             continue
