@@ -74,6 +74,19 @@ def test_testing_mode_reloads_same_accuracy(trained, tmp_path, capsys):
     assert grid.shape[:2] == (16 * 28, 11 * 28)
 
 
+def test_debug_writes_tensorboard_logs(tmp_path, capsys):
+    """--debug adds Keras' TensorBoard callback (weight histograms); on keras 2.2.4 its import
+    of tf.contrib is what tests/legacy/shim restoration 4 answers."""
+    if C.KERAS3:  # Keras 3's callback needs the tensorboard package, not in requirements.txt
+        pytest.importorskip('tensorboard')
+    code, out, err = run_main(capsys, '--debug', '--epochs', '1', '--batch_size', '50',
+                              '--train_samples', '100', '--test_samples', '50',
+                              '--save_dir', str(tmp_path), *helpers.TINY_FLAGS)
+    assert code == 0, err[-3000:]
+    events = list((tmp_path / 'tensorboard-logs').rglob('events.out.tfevents.*'))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
 # Bad input (flags, weights files, idx files) is tested once each, in test_robustness.py.
 def test_help_lists_flags(capsys):
     code, out, err = run_main(capsys, '-h')

@@ -59,6 +59,13 @@ def test_this_kerass_own_reader_loads_our_files(stack, wiped):
     assert_expected_outputs(wiped)
 
 
+def test_this_kerass_own_reader_loads_keras224s_own_file(wiped):
+    """What keras 2.2.4's save_weights wrote loads with Keras's own reader on every stack (on
+    keras 2.2.4 itself: tests/legacy/shim restoration 5, h5py 2's string attributes)."""
+    wiped[0].load_weights(F.LEGACY_FILE)
+    assert_expected_outputs(wiped)
+
+
 # last in this file: F.build() clears the Keras session (on keras 2.2.4, the graph the shared
 # models above live in)
 def test_our_writer_round_trips_here(tmp_path, wiped):
