@@ -207,6 +207,7 @@ def main(argv=None):
                    help='write <name>_recon.png here per image: input as seen, reconstruction')
     args = p.parse_args(argv)
     try:
+        export_model.check_options(args.model, dict(args.option))
         C.configure_threads()
         predict(args.images, args.model, args.weights, dict(args.option), args.invert,
                 args.recon_dir)
