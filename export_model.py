@@ -17,7 +17,6 @@ file; keras 2.2.4 a full-model .h5 (model.save). Its custom layers are registere
 After writing, the file is loaded back that way and its capsule lengths compared with the
 weights file's on MNIST test images; the export fails if they differ.
 """
-import argparse
 import os
 import sys
 
@@ -75,7 +74,7 @@ def save_full_model(eval_model, out):
 
 def load_full_model(path):
     """keras.models.load_model(path) as a user calls it: no custom_objects (the repo's layers
-    are registered at import) and, on Keras 3, safe mode (a Lambda in the file would be refused)."""
+    are registered at import) and, on Keras 3, safe mode (a Lambda in the file is refused)."""
     if C.KERAS3:
         return C.keras.models.load_model(path, safe_mode=True)
     return C.keras.models.load_model(path)

@@ -16,6 +16,7 @@ import capsulenet
 import compat as C
 import export_model
 import h5weights
+import utils
 from safeio import UserError
 
 pytestmark = pytest.mark.stack
@@ -90,7 +91,6 @@ def exported(tmp_path, model, options):
     out = str(tmp_path / (model + export_model.EXTENSION))
     result = export_model.export(model, weights, out, options)
     assert result['bytes'] == os.path.getsize(out) and result['max_length_difference'] <= 1e-5
-    import utils
     (_, _), (x, _) = utils.load_mnist(train_samples=0, test_samples=8)
     lengths = export_model.lengths_of(export_model.load_eval_model(model, options, weights), x)
     return out, lengths, x
