@@ -2,7 +2,9 @@
 
 Dynamic routing follows Procedure 1 of Sabour, Frosst & Hinton, "Dynamic Routing Between
 Capsules" (NIPS 2017). Every tensor op goes through `compat`, so the same code runs on
-keras 2.2.4 / TF 1.x and on Keras 3 with the TensorFlow, JAX or PyTorch backend.
+keras 2.2.4 / TF 1.x and on Keras 3 with the TensorFlow, JAX or PyTorch backend. Every layer
+is registered serializable (C.serializable) with its arguments in get_config: after `import
+capsulelayers` a plain keras.models.load_model reads a full model of this repo (export_model.py).
 """
 import numpy as np
 
@@ -26,6 +28,7 @@ def squash(vectors, axis=-1):
     return scale * vectors
 
 
+@C.serializable
 class CapsuleMath(layers.Layer):
     """Base of the layers doing capsule math (squash, routing, lengths, masks): they compute
     in float32 under a mixed-precision policy, because capsule lengths at initialisation
@@ -36,6 +39,7 @@ class CapsuleMath(layers.Layer):
         super(CapsuleMath, self).__init__(**kwargs)
 
 
+@C.serializable
 class Squash(CapsuleMath):
     """Layer form of `squash` over the last axis: [batch, num_capsule, dim] -> same."""
 
@@ -46,6 +50,7 @@ class Squash(CapsuleMath):
         return input_shape
 
 
+@C.serializable
 class Length(CapsuleMath):
     """Capsule lengths as class scores: [batch, num_capsule, dim] -> [batch, num_capsule]."""
 
@@ -56,6 +61,7 @@ class Length(CapsuleMath):
         return tuple(input_shape[:-1])
 
 
+@C.serializable
 class Mask(CapsuleMath):
     """Zeroes all capsules but one and flattens, for the decoder.
 
@@ -96,6 +102,7 @@ class Mask(CapsuleMath):
         return (shape[0], shape[1] * shape[2])
 
 
+@C.serializable
 class CapsuleToCapsule(CapsuleMath):
     """Base of the fully connected capsule layers (CapsuleLayer, FCCaps).
 
@@ -127,6 +134,7 @@ class CapsuleToCapsule(CapsuleMath):
         return dict(list(base.items()) + list(config.items()))
 
 
+@C.serializable
 class CapsuleLayer(CapsuleToCapsule):
     """Fully connected capsule layer with dynamic routing (Procedure 1).
 
@@ -226,6 +234,7 @@ def efficient_squash(vectors, axis=-1, eps=EPSILON):
     return (1 - 1 / (C.exp(norm) + eps)) * vectors / (norm + eps)
 
 
+@C.serializable
 class EfficientSquash(CapsuleMath):
     """Layer form of `efficient_squash` over the last axis: [batch, n, dim] -> same."""
 
@@ -251,6 +260,7 @@ def EfficientPrimaryCap(inputs, dim_capsule, kernel_size=9, strides=1, name='pri
     return EfficientSquash(name=name + '_squash')(outputs)
 
 
+@C.serializable
 class FCCaps(CapsuleToCapsule):
     """Fully connected capsules with self-attention routing (Efficient-CapsNet).
 

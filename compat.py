@@ -12,6 +12,8 @@ What differs, and how it is settled here:
   XLA (--xla): each Keras and backend sets them its own way.
 (The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's.)
 - training on a generator: fit_generator (2.2.4) vs fit (3).
+- custom layers in saved full models: keras.saving's registry (3) vs the global custom
+  objects (2.2.4); see `serializable`.
 """
 import collections
 import contextlib
@@ -186,6 +188,24 @@ def gradient_of_sum(fn, array):
     raise NotImplementedError('gradients on backend %s' % BACKEND)
 
 
+# ---------------------------------------------------------------- saved full models
+SERIALIZABLE_PACKAGE = 'capsnet'
+
+
+def serializable(cls):
+    """Class decorator: registers a custom layer so that, once its module is imported, a plain
+    keras.models.load_model reads a full model holding it, without custom_objects. Keras 3:
+    keras.saving.register_keras_serializable, saved as 'capsnet>Name' (safe mode allows
+    registered classes: nothing in the file is executed); keras 2.2.4: the global custom
+    objects, by class name, except a class named as a built-in layer (Conv2D below): that name
+    loads the built-in, which on 2.2.4 is the same layer."""
+    if KERAS3:
+        return keras.saving.register_keras_serializable(package=SERIALIZABLE_PACKAGE)(cls)
+    if not hasattr(layers, cls.__name__):
+        keras.utils.get_custom_objects()[cls.__name__] = cls
+    return cls
+
+
 # ---------------------------------------------------------------- model helpers
 def adam(learning_rate):
     """Adam with the given learning rate (2.2.4 calls it lr, Keras 3 learning_rate)."""
@@ -230,6 +250,7 @@ def instance_norm(channels, name, epsilon=1e-3, initializer='random_uniform'):
 
 
 if not KERAS3:
+    @serializable
     class InstanceNormalization(layers.Layer):
         """keras 2.2.4's instance normalisation (see instance_norm): [batch, H, W, C] -> same."""
 
@@ -268,6 +289,7 @@ def upsampling_bilinear(name, size=2):
 
 
 if not KERAS3:
+    @serializable
     class _BilinearUpSampling(layers.Layer):
         """keras 2.2.4: tf.image.resize_bilinear with half_pixel_centers (TF >= 1.14)."""
 
@@ -559,6 +581,7 @@ def _strided_path():
     return None
 
 
+@serializable
 class Conv2D(layers.Conv2D):
     """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
     and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on

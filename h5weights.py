@@ -7,6 +7,7 @@ Keras 3 .weights.h5 files, by layer name, with one-line errors for what does not
 """
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -300,6 +301,10 @@ def load_weights_h5(model, path):
     try:
         f = h5py.File(path, 'r')
     except OSError:
+        if zipfile.is_zipfile(path):  # never opened as a model: nothing in it is executed
+            raise UserError('%s is a zip archive (a Keras .keras model?), not a weights file: '
+                            'load a .keras file with keras.models.load_model, or give the .h5 '
+                            'weights it was exported from (export_model.py)' % path)
         raise UserError('not a readable HDF5 weights file (truncated or corrupt?): %s' % path)
     with f:
         try:
