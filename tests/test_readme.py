@@ -36,6 +36,10 @@ SKIPPED = {
     'python capsulenet.py --reproduce table1': 'trains five configurations; tests/test_reproduce.py',
     'python benchmarks/bench.py': 'minutes per backend; its smoke run is tests/test_bench.py',
     'python -m pytest': 'the test suite itself',
+    'python predict.py': "the README's image files are the user's; tests/test_predict.py runs "
+                         'it on MNIST digits written as PNG and JPEG',
+    'python export_model.py': 'writes a 33 MB model and loads it back; tests/test_export_model.py '
+                              'runs it on a tiny CapsNet',
 }
 # the README's long runs whose output the next commands use: trained tiny here instead
 TRAIN_TINY = ('python capsulenet.py --epochs 1 --train_samples 10000',
