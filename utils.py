@@ -406,7 +406,9 @@ def _decorate(fig, axes, comparison, left_out):
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if comparison:
             ax.set_yscale('log')
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1., 2., 5.)))
+            low, high = ax.get_ylim()  # under a decade: 1..9 labels, else 1, 2, 5 would show one
+            subs = (1., 2., 5.) if high > 10 * low else tuple(range(1, 10))
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs))
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: '%g' % v))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         if ax.get_legend_handles_labels()[0]:
