@@ -13,6 +13,7 @@ import multimnist
 import smallnorb
 import training
 import utils
+from safeio import UserError
 
 
 def mnist(data_dir=None, train_samples=None, test_samples=None):
@@ -52,11 +53,28 @@ def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
     """
     (x_train, y_train), (x_test, y_test) = utils.load_mnist(
         data_dir, train_samples=train_samples, test_samples=test_samples)
+    check_multimnist_size(len(x_test), multimnist_pairs)
     images, two_hot, first, second, classes = multimnist.test_set(
         x_test, y_test, multimnist_pairs, MULTIMNIST_TEST_SEED, with_classes=True)
     masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
     test = Split(images, two_hot, masks, [first, second])
     return (x_train, y_train), test, None
+
+
+def check_multimnist_size(n_digits, pairs):
+    """UserError when the MultiMNIST test set of n_digits x pairs images would not fit in the
+    memory available now (--multimnist_pairs 3000 on the 10,000 test digits asked for
+    hundreds of GiB and ended in a MemoryError traceback), naming the largest value that fits."""
+    needed, available = multimnist.test_set_bytes(n_digits, pairs), utils.available_memory()
+    if available is None or needed <= available:
+        return
+    fits = available // multimnist.test_set_bytes(n_digits, 1)
+    advice = ('--multimnist_pairs %d or less (or fewer --test_samples)' % fits if fits
+              else 'fewer --test_samples')
+    raise UserError('--multimnist_pairs %d on %d test digits makes %d test images, about %s '
+                    'of memory; %s is available: use %s' % (
+                        pairs, n_digits, n_digits * pairs, utils.size_text(needed),
+                        utils.size_text(available), advice))
 
 
 def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):

@@ -9,6 +9,10 @@ it into float32 variables), loads that file back into the same model and measure
 records both in pretrained/manifest.json, which tests/test_pretrained.py holds the shipped
 files to. Options given with --option key=value (e.g. routings=3) size the model.
 """
+if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
+    import safeio
+    safeio.interrupt_is_one_line()
+
 import argparse
 import hashlib
 import json

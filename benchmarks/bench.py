@@ -241,6 +241,11 @@ def routing_label(routings):
 
 
 def run_parent(args):
+    import backends
+    for backend in args.backends.split(','):  # one line here, not one per worker
+        problem = backends.missing(backend)
+        if problem:
+            raise SystemExit('error: --backends: %s' % problem)
     results, no_routing = [], set()  # no_routing: (backend, model, precision, xla) timed once
     configs = [(backend, model, int(routings), precision, xla)
                for backend in args.backends.split(',') for model in args.models.split(',')
@@ -308,4 +313,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    sys.path.insert(0, ROOT)
+    import safeio
+    safeio.interrupt_is_one_line()  # a worker's Keras backend that cannot load: one line
     sys.exit(main())
