@@ -76,7 +76,8 @@ def test_models_without_routing_are_timed_once(monkeypatch, capsys):
         return bench.subprocess.CompletedProcess(cmd, 0, 'RESULT ' + json.dumps(result), '')
 
     monkeypatch.setattr(bench.subprocess, 'run', fake_run)
-    assert bench.main(['--backends', 'b', '--models', 'efficient,capsnet',
+    # the parent checks --backends (one it can run); the fake workers report backend 'b'
+    assert bench.main(['--backends', C.BACKEND, '--models', 'efficient,capsnet',
                        '--routings', '1,2,3', '--precision', 'off,bf16']) == 0
     assert [c for c in calls if c[0] == 'efficient'] == [('efficient', 1, 'off'),
                                                            ('efficient', 1, 'bf16')]
