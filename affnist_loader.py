@@ -17,10 +17,12 @@ digits stand upright (MNIST digits are taller than wide, so the mean over images
 vertical minus the horizontal second moment of the ink is positive), and on the "just
 centered" set, image i must equal MNIST image i padded by 6 px (check_just_centered).
 """
+import hashlib
 import io
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -38,6 +40,9 @@ DEFAULT_AFFNIST_DIR = os.path.join(HERE, 'data', 'affnist')
 # +-20 degrees, shear +-0.2, each axis scaled by [0.8, 1.2], then a random translation that
 # keeps the digit inside the 40x40 frame.
 AFFINE_RANGES = {'rotation_deg': 20.0, 'shear': 0.2, 'scale': (0.8, 1.2)}
+# the most a .mat member of a zip may inflate to, as smallnorb.MAX_BYTES: the largest affNIST
+# file, training_and_validation.mat, holds 1,920,000 images of 1600 bytes (3.07e9 bytes)
+MAX_MAT_BYTES = 2 ** 32
 
 
 # ---------------------------------------------------------------- real files
@@ -77,6 +82,24 @@ def _batch_key(name):
     return (int(digits[-1]) if digits else -1, name)
 
 
+def _read_member(archive, member, path, max_bytes=None):
+    """The bytes of one zip member, refused (UserError) when it declares or inflates to more
+    than max_bytes (default MAX_MAT_BYTES): read in chunks up to that + 1 byte, so a zip bomb
+    never inflates further, whatever its header says."""
+    max_bytes = MAX_MAT_BYTES if max_bytes is None else max_bytes
+    declared = archive.getinfo(member).file_size
+    if declared > max_bytes:
+        raise UserError('%s in zip %s declares %d bytes, more than the %d-byte limit of an '
+                        'affNIST .mat file (corrupt or not affNIST?)' % (member, path, declared,
+                                                                       max_bytes))
+    with archive.open(member) as f:
+        data = utils.read_upto(f, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UserError('%s in zip %s inflates to more than the %d-byte limit of an affNIST '
+                        '.mat file (corrupt or not affNIST?)' % (member, path, max_bytes))
+    return data
+
+
 def _mat_sources(path, split):
     """[(name, opener)] for the .mat files of `split` ('test' or 'training_and_validation')
     in a folder, a .mat, or a .zip; opener() returns a path or a file object for loadmat."""
@@ -93,8 +116,8 @@ def _mat_sources(path, split):
 
         def opener(member):
             try:
-                return io.BytesIO(archive.read(member))
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                return io.BytesIO(_read_member(archive, member, path))
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
                 raise UserError('cannot read %s from zip %s: %s' % (member, path, e))
         return [('%s:%s' % (path, n), lambda n=n: opener(n)) for n in sorted(names, key=_batch_key)]
     if os.path.isdir(path):
@@ -291,33 +314,58 @@ def generate_affnist_like(digits28, seed=0):
     return out[..., None]
 
 
+def _content_hash(x, labels):
+    """sha256 (hex) of a cached set's arrays: x uint8 [N, 40, 40, 1], labels int [N]."""
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype='uint8').tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype='int64').tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path, n, y):
+    """The cached x uint8 [n, 40, 40, 1] at path, or None where it must be rebuilt (unreadable,
+    another size, other labels); UserError when its content does not match the hash stored
+    with it when it was written (damaged, or not written by affnist_like)."""
+    try:
+        with np.load(path) as cached:
+            x, labels = cached['x'], cached['labels']
+            stored = str(cached['sha256']) if 'sha256' in cached.files else None
+    except (OSError, ValueError, KeyError):
+        return None  # damaged beyond reading: rebuilt
+    if x.shape != (n, CANVAS, CANVAS, 1) or not np.array_equal(labels, y.argmax(1)):
+        return None
+    if stored != _content_hash(x, labels):
+        raise UserError('the cached %s set %s %s: delete it and it is made again'
+                        % (GENERATED_LABEL, path, 'has no content hash (written by an older '
+                           'version or another program)' if stored is None else
+                           'does not match the content hash stored with it (damaged)'))
+    return x
+
+
 def affnist_like(mnist_test, cache_dir=None, seed=0):
     """The affNIST-style (generated) test set: (x [N, 40, 40, 1], y [N, 10], GENERATED_LABEL).
 
     mnist_test: (x [N, 28, 28, 1], y one-hot) MNIST test digits. Cached in cache_dir
-    (default data/affnist/) as affnist_style_seed<seed>_n<N>.npz, written atomically; a cache
-    that does not match (size, labels) is rebuilt.
+    (default data/affnist/) as affnist_style_seed<seed>_n<N>.npz with the sha256 of its
+    content, written atomically; a cache that does not match (size, labels) is rebuilt, one
+    whose content does not match its hash refused (UserError: delete it).
     """
     x28, y = mnist_test
     directory = cache_dir or DEFAULT_AFFNIST_DIR
     path = os.path.join(directory, 'affnist_style_seed%d_n%d.npz' % (seed, len(x28)))
     if os.path.isfile(path):
-        try:
-            with np.load(path) as cached:
-                x, labels = cached['x'], cached['labels']
-            if x.shape == (len(x28), CANVAS, CANVAS, 1) and np.array_equal(labels, y.argmax(1)):
-                return x.astype('float32') / 255., y, GENERATED_LABEL
-        except (OSError, ValueError, KeyError):
-            pass  # damaged cache: rebuilt below
-    x = generate_affnist_like(x28, seed)
+        cached = _read_cache(path, len(x28), y)
+        if cached is not None:
+            return cached.astype('float32') / 255., y, GENERATED_LABEL
+    x = np.round(generate_affnist_like(x28, seed) * 255).astype('uint8')
+    labels = y.argmax(1)
     try:
         os.makedirs(directory, exist_ok=True)
         with atomic_write(path) as tmp:
-            np.savez_compressed(tmp, x=np.round(x * 255).astype('uint8'), labels=y.argmax(1))
+            np.savez_compressed(tmp, x=x, labels=labels, sha256=_content_hash(x, labels))
         print('%s set cached in %s' % (GENERATED_LABEL, path))
     except (OSError, UserError) as e:
         print('warning: could not cache the %s set in %s (%s)' % (GENERATED_LABEL, path, e))
-    return np.round(x * 255).astype('float32') / 255., y, GENERATED_LABEL
+    return x.astype('float32') / 255., y, GENERATED_LABEL
 
 
 # ---------------------------------------------------------------- the experiment's data

@@ -348,6 +348,8 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
     if testing and validation_split:
         raise UserError('--validation_split holds out training images for training; -t '
                         'tests the weights given on the test set')
+    if debug and not testing:  # before anything is written or loaded: fail fast
+        C.check_tensorboard()
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
     worker = C.multi_worker_task()  # TF_CONFIG: one of several machines
@@ -481,6 +483,11 @@ class RecipeParser(OneLineParser):
             if getattr(namespace, flag, None) is not None and flag not in allowed:
                 self.error('--%s does not apply to --model %s --dataset %s'
                            % (flag, model, dataset))
+        table = getattr(namespace, 'reproduce', None)
+        given = [f for f in reproduce.SETS if getattr(namespace, f, None) is not None]
+        if table and given:  # silently trained with the table's values otherwise
+            self.error('--reproduce %s sets %s for each of its configurations: drop --%s'
+                       % (table, ' and '.join('--' + f for f in reproduce.SETS), given[0]))
         for key, value in MODELS[model].recipe.items():
             if getattr(namespace, key, None) is None:
                 setattr(namespace, key, value)
@@ -514,6 +521,11 @@ def _bounded(kind, low=None, high=None, low_open=False):
     return check
 
 
+# routing iterations beyond this only cost time (the paper's capsules settle within 3);
+# --routings 100000 ran for minutes without a line of output
+MAX_ROUTINGS = 20
+
+
 def build_parser():
     p = RecipeParser(description='Capsule Network on MNIST (train, test, manipulate).')
     p.add_argument('--model', default='capsnet', choices=sorted(MODELS),
@@ -540,8 +552,9 @@ def build_parser():
     p.add_argument('--lam_recon', default=None, type=_bounded(float, 0),
                    help=_recipe_help('weight of the reconstruction MSE (0.392 = 0.0005 * 784)',
                                      'lam_recon'))
-    p.add_argument('-r', '--routings', default=None, type=_bounded(int, 1),
-                   help='routing iterations (>= 1; default 3), --model capsnet')
+    p.add_argument('-r', '--routings', default=None, type=_bounded(int, 1, MAX_ROUTINGS),
+                   help='routing iterations, 1..%d (default 3; the paper: 1 or 3), --model '
+                        'capsnet' % MAX_ROUTINGS)
     p.add_argument('--shift_fraction', default=None, type=_bounded(float, 0, 0.5),
                    help='max random shift as a fraction of the image size (default 0.1 -> 2 px)')
     p.add_argument('--debug', action='store_true', help='write TensorBoard logs')

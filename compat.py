@@ -10,7 +10,9 @@ What differs, and how it is settled here:
   #104); both agree on rank-3 batched matrix products, the only form used here.
 - optimizer state, devices (data-parallel training), CPU threads, seeds, mixed precision and
   XLA (--xla): each Keras and backend sets them its own way.
-(The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's.)
+(The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's;
+why a backend cannot load, backends.py's; TF_CONFIG's addresses and the wait for the other
+workers, cluster.py's.)
 - training on a generator: fit_generator (2.2.4) vs fit (3).
 - custom layers in saved full models: keras.saving's registry (3) vs the global custom
   objects (2.2.4); see `serializable`.
@@ -24,6 +26,10 @@ import sys
 import tempfile
 
 import numpy as np
+
+import backends
+from cluster import parse_address as parse_cluster_address, wait_for_workers
+from safeio import UserError  # noqa: F401 (raised here; C.UserError for callers)
 
 # TensorFlow's C++ log lines, before TensorFlow is imported (a user's own value wins). 3, not
 # 2: with --seed (op determinism) TF 2.21's tf.data logs a harmless ERROR line, NodeDef
@@ -60,15 +66,27 @@ def _without_early_chatter(quiet):
             sys.stderr.flush()
 
 
-with _without_early_chatter(_QUIET):
-    import keras  # noqa: E402
+def _import_keras():
+    """keras, or a UserError of one line (backends.import_failure) when KERAS_BACKEND names no
+    backend or its package is missing: the command lines import this module before their
+    handlers exist, so safeio.interrupt_is_one_line's hook prints that line."""
+    failure = None
+    with _without_early_chatter(_QUIET):
+        try:
+            import keras
+        except (ImportError, ValueError, OSError) as e:  # OSError: a backend's broken library
+            failure = e
+    if failure is not None:
+        raise UserError(backends.import_failure(failure)) from failure
+    return keras
+
+
+keras = _import_keras()
 
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
 KERAS3 = KERAS_VERSION >= (3, 0)
 
 from keras import layers, models, optimizers, callbacks  # noqa: E402
-
-from safeio import UserError  # noqa: E402,F401 (raised here; C.UserError for callers)
 
 if KERAS3:
     from keras import ops as _ops
@@ -372,8 +390,19 @@ def pack_batch(inputs, targets):
     return list(inputs), list(targets)
 
 
+def check_tensorboard():
+    """UserError unless the TensorBoard callback can run: Keras 3 writes its logs with
+    tf.summary, which needs the tensorboard package (and tensorflow, whatever the backend);
+    keras 2.2.4 writes them with TensorFlow alone, but they are read with tensorboard. Checked
+    before the data are loaded: it would fail once training starts (TBNotInstalledError)."""
+    missing = [p for p in ('tensorboard', 'tensorflow') if not backends.installed(p)]
+    if missing:
+        raise UserError('--debug writes TensorBoard logs, and %s is not installed: pip install %s'
+                        % (' or '.join(missing), ' '.join(missing)))
+
+
 def tensorboard(log_dir, batch_size):
-    """TensorBoard callback with weight histograms."""
+    """TensorBoard callback with weight histograms (check_tensorboard first)."""
     if KERAS3:
         return callbacks.TensorBoard(log_dir=log_dir, histogram_freq=1)
     return callbacks.TensorBoard(log_dir=log_dir, batch_size=batch_size, histogram_freq=1)
@@ -723,6 +752,9 @@ def distribution_scope(n_devices, batch_size, worker=None):
     if BACKEND == 'tensorflow':
         import tensorflow as tf
         if multi_worker:
+            # bounded, and one line for a port in use: TensorFlow waits without end
+            wait_for_workers('%s %d' % (worker.type, worker.index), worker.address,
+                             worker.peers)
             strategy = _multi_worker_strategy()
             print('Data-parallel training: tf.distribute MultiWorkerMirroredStrategy, %d '
                   'replicas on %d workers' % (strategy.num_replicas_in_sync, worker.workers))
@@ -754,15 +786,17 @@ def _yielding(scope, value):
 
 
 # ---------------------------------------------------------------- several machines (TF_CONFIG)
-WorkerTask = collections.namedtuple('WorkerTask', 'type index chief workers')
+WorkerTask = collections.namedtuple('WorkerTask', 'type index chief workers address peers')
 
 
 def multi_worker_task():
     """This process's task in the cluster that TF_CONFIG describes: WorkerTask(type, index,
-    chief, workers: how many chief and worker tasks the cluster has), or None when TF_CONFIG
-    is unset or empty. The chief (the task of type 'chief', else worker 0) is the one that
-    writes --save_dir; TensorFlow's own format:
-    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}."""
+    chief, workers: how many chief and worker tasks the cluster has, address: its host:port,
+    peers: {'worker 1': 'host:port', ...} the other chief and worker tasks), or None when
+    TF_CONFIG is unset or empty. The chief (the task of type 'chief', else worker 0) is the
+    one that writes --save_dir; TensorFlow's own format:
+    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}.
+    Every address must be host:port with a port 1..65535 (cluster.parse_address)."""
     raw = os.environ.get('TF_CONFIG', '').strip()
     if not raw:
         return None
@@ -774,12 +808,17 @@ def multi_worker_task():
         if index < 0:
             raise IndexError('negative index')
         workers = sum(len(cluster.get(k, ())) for k in ('chief', 'worker'))
+        tasks = {'%s %d' % (k, i): a for k in sorted(cluster) for i, a in enumerate(cluster[k])}
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise UserError('TF_CONFIG does not describe this worker in a cluster (%s: %s); '
                         'expected {"cluster": {"worker": ["host:port", ...]}, "task": '
                         '{"type": "worker", "index": N}}' % (type(e).__name__, e))
+    for name, address in sorted(tasks.items()):
+        parse_cluster_address(address, name)
+    own = '%s %d' % (kind, index)
+    peers = {n: a for n, a in tasks.items() if n != own and n.split()[0] in ('chief', 'worker')}
     chief = kind == 'chief' or ('chief' not in cluster and kind == 'worker' and index == 0)
-    return WorkerTask(kind, index, chief, workers)
+    return WorkerTask(kind, index, chief, workers, tasks[own], peers)
 
 
 def _multi_worker_strategy():

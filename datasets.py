@@ -60,11 +60,29 @@ def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
 
 def overlaid_split(x, y, pairs, seed):
     """A fixed MultiMNIST Split (multimnist.test_set) of digits x [N, 28, 28, 1], one-hot y
-    [N, 10]: each over `pairs` partners of other classes, x [N*pairs, 36, 36, 1]."""
+    [N, 10]: each over `pairs` partners of other classes, x [N*pairs, 36, 36, 1]; UserError
+    first when that would not fit in memory."""
+    check_multimnist_size(len(x), pairs)
     images, two_hot, first, second, classes = multimnist.test_set(x, y, pairs, seed,
                                                                   with_classes=True)
     masks = [utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1)]
     return Split(images, two_hot, masks, [first, second])
+
+
+def check_multimnist_size(n_digits, pairs):
+    """UserError when the MultiMNIST test set of n_digits x pairs images would not fit in the
+    memory available now (--multimnist_pairs 3000 on the 10,000 test digits asked for
+    hundreds of GiB and ended in a MemoryError traceback), naming the largest value that fits."""
+    needed, available = multimnist.test_set_bytes(n_digits, pairs), utils.available_memory()
+    if available is None or needed <= available:
+        return
+    fits = available // multimnist.test_set_bytes(n_digits, 1)
+    advice = ('--multimnist_pairs %d or less (or fewer --test_samples)' % fits if fits
+              else 'fewer --test_samples')
+    raise UserError('--multimnist_pairs %d on %d test digits makes %d test images, about %s '
+                    'of memory; %s is available: use %s' % (
+                        pairs, n_digits, n_digits * pairs, utils.size_text(needed),
+                        utils.size_text(available), advice))
 
 
 def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallnorb_dir=None):

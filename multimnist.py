@@ -209,6 +209,15 @@ def test_set(x, y, pairs_per_image, seed, max_shift=MAX_SHIFT, canvas=CANVAS,
     return overlay(x, labels, first, partners.ravel(), rng, max_shift, canvas, with_classes)
 
 
+def test_set_bytes(n_digits, pairs_per_image, max_shift=MAX_SHIFT, canvas=CANVAS):
+    """Peak bytes test_set holds for n_digits test digits and pairs_per_image partners each
+    (Python ints: no overflow): per item, float32 the frames of its two digits
+    (shift_on_canvas, canvas + 2 * max_shift wide), their placed copies, the sum before
+    clipping and the image."""
+    frame = (canvas + 2 * max_shift) ** 2
+    return 4 * (2 * frame + 4 * canvas * canvas) * int(n_digits) * int(pairs_per_image)
+
+
 test_set.__test__ = False  # a data function: pytest must not collect it where it is imported
 
 

@@ -11,6 +11,9 @@ import training
 import utils
 from safeio import UserError, atomic_write
 
+# the flags that each configuration sets (paper.TABLE1): the command line refuses them
+SETS = ('routings', 'lam_recon')
+
 
 def _finished(config_dir, epochs):
     log = os.path.join(config_dir, 'log.csv')

@@ -5,7 +5,8 @@ one `error:` line, never a traceback (one_line: any message made one line). OneL
 argparse whose bad flags are such a line too (every command line's parser). atomic_write: write
 a temp file, rename it over the target; remove_stale_temps: clear the temp files of writers that
 were killed mid-write.
-interrupt_is_one_line: Ctrl-C before a command line's own handler runs gives one line too.
+interrupt_is_one_line: Ctrl-C or a UserError before a command line's own handler runs gives one
+line too.
 """
 import argparse
 import contextlib
@@ -98,17 +99,21 @@ def atomic_write(path):
 
 def interrupt_is_one_line():
     """Makes an uncaught KeyboardInterrupt print one `error:` line instead of a traceback (the
-    exit status stays the interrupted one, 130); other exceptions are reported as usual.
-    The command lines call it first thing: Ctrl-C while TensorFlow loads (seconds) would
-    otherwise end in an import traceback, before main() and its handler exist."""
+    exit status stays the interrupted one, 130), and an uncaught UserError its one line (exit
+    2); other exceptions are reported as usual. The command lines call it first thing: Ctrl-C
+    while TensorFlow loads (seconds), or a Keras backend that cannot load (compat.py raises a
+    UserError at import), would otherwise end in an import traceback, before main() and its
+    handler exist."""
     def hook(kind, value, traceback):
-        if issubclass(kind, KeyboardInterrupt):
-            print('error: interrupted', file=sys.stderr)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # leave now: a half-imported TensorFlow's threads can stall the interpreter's
-            # shutdown (seen once in CI on keras 2.2.4: no exit within 120 s); nothing is
-            # written yet at start-up
-            os._exit(130)
-        sys.__excepthook__(kind, value, traceback)
+        if not issubclass(kind, (KeyboardInterrupt, UserError)):
+            sys.__excepthook__(kind, value, traceback)
+            return
+        interrupted = issubclass(kind, KeyboardInterrupt)
+        print('error: %s' % ('interrupted' if interrupted else value), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # leave now: a half-imported TensorFlow's threads can stall the interpreter's
+        # shutdown (seen once in CI on keras 2.2.4: no exit within 120 s); main() catches its
+        # own UserErrors, so one that gets here comes from start-up, before anything is written
+        os._exit(130 if interrupted else 2)
     sys.excepthook = hook

@@ -35,6 +35,29 @@ MNIST_FILES = {
 }
 
 
+def available_memory():
+    """Bytes of memory a new allocation may take now: Linux's MemAvailable, else the physical
+    memory; None when neither can be read (then no size is refused)."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def size_text(n_bytes):
+    """'1.5 GiB' or '64 MiB' for a byte count."""
+    if n_bytes >= 2 ** 30:
+        return '%.1f GiB' % (n_bytes / 2. ** 30)
+    return '%d MiB' % round(n_bytes / 2. ** 20)
+
+
 # ---------------------------------------------------------------- MNIST
 def _find_idx(data_dir, names):
     for name in names:
@@ -45,7 +68,7 @@ def _find_idx(data_dir, names):
     return None
 
 
-def _read_upto(f, limit, chunk=1 << 20):
+def read_upto(f, limit, chunk=1 << 20):
     """At most `limit` bytes from the open file f, read in chunks: a header's claim of a huge
     size (or a gzip bomb) never allocates or inflates more than the data really there + 1."""
     parts, left = [], limit
@@ -65,7 +88,7 @@ def _read_idx_bytes(path, ndim):
     opener = gzip.open if path.endswith('.gz') else open
     try:
         with opener(path, 'rb') as f:
-            header = _read_upto(f, 4 + 4 * ndim)
+            header = read_upto(f, 4 + 4 * ndim)
             if len(header) < 4 + 4 * ndim:
                 raise UserError('%s is empty or truncated (%d bytes)' % (path, len(header)))
             magic = struct.unpack('>I', header[:4])[0]
@@ -76,7 +99,7 @@ def _read_idx_bytes(path, ndim):
             size = 1
             for d in dims:
                 size *= int(d)
-            return header, dims, size, _read_upto(f, size + 1)
+            return header, dims, size, read_upto(f, size + 1)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise UserError('cannot read %s: %s (corrupt or truncated gzip?)' % (path, e))
 

@@ -137,8 +137,8 @@ def test_reading_stops_at_the_declared_size(tmp_path, monkeypatch):
     with gzip.open(path, 'wb') as f:
         f.write(helpers.idx_bytes(np.zeros(10)) + bytes(64 << 20))
     read = []
-    real_upto = utils._read_upto
-    monkeypatch.setattr(utils, '_read_upto', lambda f, limit: read.append(limit) or real_upto(f, limit))
+    real_upto = utils.read_upto
+    monkeypatch.setattr(utils, 'read_upto', lambda f, limit: read.append(limit) or real_upto(f, limit))
     with pytest.raises(utils.UserError, match='trailing data'):
         utils.read_idx(path, 1)
     assert read == [8, 11]

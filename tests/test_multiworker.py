@@ -166,9 +166,9 @@ def test_killed_chief_ends_the_worker_with_one_line(tmp_path, data_dir):
 @pytest.mark.parametrize('config, chief, workers', [
     ({'cluster': {'worker': ['a:1', 'b:2']}, 'task': {'type': 'worker', 'index': 0}}, True, 2),
     ({'cluster': {'worker': ['a:1', 'b:2']}, 'task': {'type': 'worker', 'index': 1}}, False, 2),
-    ({'cluster': {'chief': ['c:0'], 'worker': ['a:1'], 'ps': ['p:3']},
+    ({'cluster': {'chief': ['c:9'], 'worker': ['a:1'], 'ps': ['p:3']},
       'task': {'type': 'worker', 'index': 0}}, False, 2),
-    ({'cluster': {'chief': ['c:0'], 'worker': ['a:1', 'b:2']},
+    ({'cluster': {'chief': ['c:9'], 'worker': ['a:1', 'b:2']},
       'task': {'type': 'chief', 'index': 0}}, True, 3),
 ])
 def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch, config, chief, workers):
@@ -194,3 +194,64 @@ def test_tf_config_elsewhere_is_one_line(monkeypatch, capsys, tmp_path):
                                     '--data_dir', tmp_path / 'nowhere')
     helpers.assert_one_error_line(code, err, 'multi-worker training needs Keras 3 with the '
                                              'tensorflow backend')
+
+
+# issue 30, 10: addresses checked before TensorFlow sees them (it answered with gRPC tracebacks)
+@pytest.mark.end_to_end
+@pytest.mark.parametrize('addresses, message', [
+    (['127.0.0.1:99999', '127.0.0.1:2'], 'worker 0 has the port 99999 in 127.0.0.1:99999'),
+    (['127.0.0.1:0', '127.0.0.1:2'], 'worker 0 has the port 0'),
+    (['127.0.0.1', '127.0.0.1:2'], "worker 0 has the address '127.0.0.1', expected host:port"),
+    (['127.0.0.1:1', 'a host:2'], "worker 1 has the address 'a host:2'"),
+])
+def test_bad_worker_address_is_one_line(monkeypatch, capsys, tmp_path, addresses, message):
+    monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': {'worker': addresses},
+                                                'task': {'type': 'worker', 'index': 0}}))
+    code, _, err = helpers.run_main(capsys, '--save_dir', tmp_path / 'r', '--epochs', '1')
+    helpers.assert_one_error_line(code, err, 'TF_CONFIG: ' + message)
+    assert not (tmp_path / 'r').exists()
+
+
+@needs_tf
+def test_port_in_use_is_one_line(monkeypatch, capsys, tmp_path, data_dir):
+    holder = socket.socket()  # another process's server on this worker's port
+    holder.bind(('127.0.0.1', 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        monkeypatch.setenv('TF_CONFIG', tf_config([port] + free_ports(1), 0))
+        code, _, err = helpers.run_main(capsys, *(FLAGS + ['--epochs', '1', '--data_dir', data_dir,
+                                                           '--save_dir', tmp_path / 'r']))
+    finally:
+        holder.close()
+    helpers.assert_one_error_line(code, err, 'TF_CONFIG: port %d of this task (worker 0, '
+                                             '127.0.0.1:%d) is in use' % (port, port))
+    assert os.listdir(str(tmp_path / 'r')) == []
+
+
+@needs_tf
+def test_a_worker_never_started_ends_the_other_in_one_line(monkeypatch, capsys, tmp_path,
+                                                             data_dir):
+    # the wait is bounded (it was endless and silent: TensorFlow waits for every worker) and
+    # names the missing one; this process never starts TensorFlow's server
+    ports = free_ports(2)
+    monkeypatch.setenv('TF_CONFIG', tf_config(ports, 0))
+    monkeypatch.setenv('CAPSNET_CLUSTER_WAIT_S', '1.5')
+    started = time.time()
+    code, out, err = helpers.run_main(capsys, *(FLAGS + ['--epochs', '1', '--data_dir', data_dir,
+                                                         '--save_dir', tmp_path / 'r']))
+    assert time.time() - started < 60
+    helpers.assert_one_error_line(code, err, 'TF_CONFIG: no answer from worker 1 (127.0.0.1:%d) '
+                                             'within 1.5 s' % ports[1])
+    assert 'Waiting up to 1.5 s for worker 1 (127.0.0.1:%d)' % ports[1] in out
+    assert os.listdir(str(tmp_path / 'r')) == []
+
+
+@pytest.mark.end_to_end
+@pytest.mark.parametrize('value', ['0', '-3', 'soon', 'inf', 'nan'])
+def test_bad_cluster_wait_is_one_line(monkeypatch, capsys, value):
+    import cluster
+    monkeypatch.setenv('CAPSNET_CLUSTER_WAIT_S', value)
+    with pytest.raises(C.UserError, match='CAPSNET_CLUSTER_WAIT_S=%s: expected a number of '
+                                          'seconds > 0' % value):
+        cluster.wait_s()

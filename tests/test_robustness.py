@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import types
+import zipfile
 
 import numpy as np
 
@@ -1204,3 +1205,108 @@ def test_sigint_in_training_says_what_to_do(capsys, tmp_path, data_dir, epoch):
     code, out, err = run_main(capsys, '--epochs', '1', *argv)
     assert code == 0, err[-3000:]
     assert log_epochs(save_dir) == [0]
+
+
+# ---------------------------------------------------------------- issue 30, 7: the Keras backend
+# KERAS_BACKEND naming no backend, or a backend whose package is missing (hidden here by a None
+# in sys.modules, as Python reads a package it cannot import), before any handler exists
+HIDDEN = """
+import runpy, sys
+sys.modules[sys.argv[1]] = None
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+NONSENSE = 'KERAS_BACKEND=nonsense is not a Keras backend this repo runs on'
+BACKEND_CASES = {
+    'nonsense_capsulenet': ('nonsense', ['capsulenet.py', '--epochs', '1'], NONSENSE),
+    'nonsense_utils_perturb': ('nonsense', ['utils.py', 'perturb'], NONSENSE),
+    'nonsense_viewer': ('nonsense', ['viewer.py'], NONSENSE),
+    'nonsense_export_weights': ('nonsense', ['export_weights.py'], NONSENSE),
+    'nonsense_bench': ('nonsense', ['benchmarks/bench.py'],
+                       '--backends: backend nonsense is not a Keras backend'),
+    'jax_not_installed': ('jax', ['capsulenet.py', '--epochs', '1'], 'KERAS_BACKEND=jax: '),
+    'torch_not_installed': ('torch', ['capsulenet.py', '--epochs', '1'], 'KERAS_BACKEND=torch: '),
+}
+# what Keras 3 says besides: how to install the package (keras 2.2.4: tensorflow only)
+INSTALL_HINT = {'jax': 'pip install "jax[cpu]"', 'torch': 'pip install torch'}
+
+
+@pytest.mark.parametrize('case', sorted(BACKEND_CASES))
+def test_backend_that_cannot_load_is_one_line(tmp_path, case):
+    backend, argv, message = BACKEND_CASES[case]
+    argv = [os.path.join(ROOT, argv[0])] + argv[1:] + (
+        ['--save_dir', str(tmp_path / 'out')] if argv[0] == 'capsulenet.py' else [])
+    args = ['-c', HIDDEN, backend] + argv if backend in INSTALL_HINT else argv
+    result = helpers.run_python(*args, timeout=300, KERAS_BACKEND=backend)
+    assert_one_error_line(result.returncode, result.stderr, message)
+    if backend in INSTALL_HINT and C.KERAS3:
+        assert INSTALL_HINT[backend] in result.stderr
+    assert os.listdir(str(tmp_path)) == []
+
+
+# ---------------------------------------------------------------- issue 30, 8, 9, 14, 15
+def _no_tensorboard(monkeypatch, tmp_path, data_dir):
+    monkeypatch.setitem(sys.modules, 'tensorboard', None)  # as if not installed
+    return ['--debug', '--data_dir', data_dir]
+
+
+def _little_memory(monkeypatch, tmp_path, data_dir):
+    # 64 MiB free: 50 test digits x 3000 pairs need 5.1 GiB (at 10,000 digits it was 1 TiB)
+    monkeypatch.setattr(utils, 'available_memory', lambda: 64 * 2 ** 20, raising=False)
+    return ['--dataset', 'multimnist', '--multimnist_pairs', '3000', '--data_dir', data_dir]
+
+
+def _affnist_zip_bomb(monkeypatch, tmp_path, data_dir):
+    # a member that inflates past the cap (lowered to 1 MiB here: 2 MiB of zeros is 2 KB zipped)
+    import affnist_loader
+    monkeypatch.setattr(affnist_loader, 'MAX_MAT_BYTES', 2 ** 20, raising=False)
+    archive = str(tmp_path / 'test.mat.zip')
+    with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as z:
+        z.writestr('test.mat', bytes(2 ** 21))
+    return ['--dataset', 'affnist', '--affnist_dir', archive, '--data_dir', data_dir]
+
+
+def _blank_affnist_cache(monkeypatch, tmp_path, data_dir):
+    # the right shapes and labels, blank images: as the cache of an older version (no hash)
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    labels = utils.load_mnist(data_dir)[1][1].argmax(1)
+    np.savez_compressed(str(cache / ('affnist_style_seed0_n%d.npz' % len(labels))),
+                        x=np.zeros((len(labels), 40, 40, 1), 'uint8'), labels=labels)
+    return ['--dataset', 'affnist', '--affnist_cache', str(cache), '--data_dir', data_dir]
+
+
+def _flags(*argv):
+    return lambda monkeypatch, tmp_path, data_dir: list(argv) + ['--data_dir', data_dir]
+
+
+# case -> (prepare(monkeypatch, tmp_path, data_dir) -> extra argv, the error line's words)
+REFUSED_CASES = {
+    '8_debug_without_tensorboard': (_no_tensorboard, 'pip install tensorboard'),
+    '9_multimnist_too_big': (_little_memory, '--multimnist_pairs 3000 on 50 test digits makes '
+                                             '150000 test images, about 5.1 GiB of memory; '
+                                             '64 MiB is available: use --multimnist_pairs 37 '
+                                             'or less'),
+    '9_affnist_zip_bomb': (_affnist_zip_bomb, 'test.mat in zip %s declares 2097152 bytes, more '
+                                              'than the 1048576-byte limit'),
+    '14_reproduce_with_routings': (_flags('--reproduce', 'table1', '--routings', '2'),
+                                   '--reproduce table1 sets --routings and --lam_recon for each '
+                                   'of its configurations: drop --routings'),
+    '14_reproduce_with_lam_recon': (_flags('--reproduce', 'table1', '--lam_recon', '0'),
+                                    'drop --lam_recon'),
+    '14_blank_affnist_cache': (_blank_affnist_cache, 'has no content hash'),
+    '15_routings_100000': (_flags('--routings', '100000'), '--routings: 100000 must be <= 20'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REFUSED_CASES))
+def test_refused_before_anything_is_written(capsys, monkeypatch, tmp_path, data_dir, case):
+    prepare, message = REFUSED_CASES[case]
+    argv = prepare(monkeypatch, tmp_path, data_dir)
+    before = snapshot(str(tmp_path))
+    save_dir = tmp_path / 'out'
+    code, out, err = run_main(capsys, '--epochs', '1', '--save_dir', save_dir,
+                              *(helpers.TINY_FLAGS + argv))
+    assert_one_error_line(code, err, message.replace('%s', str(tmp_path / 'test.mat.zip')))
+    assert snapshot(str(tmp_path)) == before  # the cache, the zip: as they were
+    assert not save_dir.exists() or os.listdir(str(save_dir)) == []
