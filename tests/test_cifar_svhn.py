@@ -20,7 +20,7 @@ import svhn
 from data_errors import DataError
 from h5weights import save_weights_h5
 from helpers import accuracy_from, assert_one_error_line, run_main
-from test_layers import np_squash
+from test_layers import np_routing, np_squash
 
 
 # ---------------------------------------------------------------- writers (the real formats)
@@ -242,10 +242,9 @@ def test_leaky_routing_matches_numpy(routings):
     v = model.predict(u, verbose=0)
     want = np_leaky_routing(u.astype('float64'), W.astype('float64'), routings)
     np.testing.assert_allclose(v, want, rtol=1e-4, atol=1e-6)
-    plain = np_leaky_routing  # the leak matters: a plain softmax gives other capsules
-    from test_layers import np_routing
+    # the leak matters: Procedure 1's plain softmax gives other capsules
     assert not np.allclose(np_routing(u.astype('float64'), W.astype('float64'), routings),
-                           plain(u.astype('float64'), W.astype('float64'), routings), atol=1e-4)
+                           want, atol=1e-4)
     assert CL.CapsuleLayer.from_config(layer.get_config()).leaky is True
 
 

@@ -61,7 +61,7 @@ def test_folder_reader_returns_the_images_written_with_their_classes(tmp_path):
     for image, label in zip(x, y):
         path = by_bytes[np.round(image * 255).astype('uint8').tobytes()]
         assert os.path.basename(os.path.dirname(path)) == classes[label]
-    assert sorted(np.bincount(y).tolist()) == [4, 4, 4] and sorted(yt.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert np.bincount(y).tolist() == [4, 4, 4] and sorted(yt.tolist()) == [0, 0, 1, 1, 2, 2]
     # the fixed shuffled order: --train_samples takes images of several classes, every run
     (x4, y4), _, _ = own_data.load_folder(str(tmp_path), train_samples=4, test_samples=1)
     assert len(set(y4.tolist())) > 1 and len(x4) == 4
@@ -108,7 +108,8 @@ def test_bad_folders_are_one_line(tmp_path, case, message):
     elif case == 'empty_class':
         os.makedirs(os.path.join(root, 'train', 'c'))
     elif case == 'other_size':
-        Image.fromarray(np.zeros((30, 32, 3), 'uint8')).save(os.path.join(root, 'test', 'b', 'x.png'))
+        image = Image.fromarray(np.zeros((30, 32, 3), 'uint8'))
+        image.save(os.path.join(root, 'test', 'b', 'x.png'))
     elif case == 'corrupt':
         open(os.path.join(root, 'train', 'b', 'bad.png'), 'wb').write(b'\x89PNG garbage')
     with pytest.raises(DataError) as e:
