@@ -143,13 +143,19 @@ class CapsuleLayer(CapsuleToCapsule):
     W: [num_capsule, input_num_capsule, dim_capsule, input_dim_capsule], one matrix per
     (output, input) capsule pair, Glorot uniform over the whole tensor as in the reference
     implementation (small: initial lengths ~1e-4, hence the tiny EPSILON).
+    leaky: the paper's "none-of-the-above" routing class (§7, CIFAR-10), as the official code
+    does it (leaky=true, `_leaky_routing`): each input capsule's coupling softmax gets one
+    more parent whose logit stays 0, so a capsule that fits no class can send its vote
+    there; that parent has no weights and no output. No extra weights: a leaky layer loads
+    the same weights as a plain one.
     """
 
-    def __init__(self, num_capsule, dim_capsule, routings=3, **kwargs):
+    def __init__(self, num_capsule, dim_capsule, routings=3, leaky=False, **kwargs):
         super(CapsuleLayer, self).__init__(num_capsule, dim_capsule, **kwargs)
         if int(routings) < 1:
             raise ValueError('routings must be >= 1, got %r' % (routings,))
         self.routings = int(routings)
+        self.leaky = bool(leaky)
 
     def add_capsule_weights(self):
         self.W = self.add_weight(
@@ -175,7 +181,8 @@ class CapsuleLayer(CapsuleToCapsule):
         """Procedure 1 on u_hat [batch, num_capsule, in_num, dim] -> v [batch, num_capsule, dim].
 
         b starts at 0; c = softmax(b) over the output-capsule axis; s = sum_i c u_hat;
-        v = squash(s); b += u_hat . v between iterations.
+        v = squash(s); b += u_hat . v between iterations. leaky: the softmax is taken over
+        [0, b] (one more logit, fixed at 0) and that extra coupling is dropped.
         """
         n_in, n_out, d_out = self.input_num_capsule, self.num_capsule, self.dim_capsule
         u_hat_rows = C.reshape(u_hat, (-1, n_in, d_out))          # [batch*out, in_num, dim]
@@ -185,9 +192,9 @@ class CapsuleLayer(CapsuleToCapsule):
                 # b = 0: c = softmax(0) = 1 / num_capsule for every pair. Written out, not as
                 # the softmax of a zero tensor, which XLA constant-folds for seconds per
                 # compiled function on JAX ([100, 1152] logits: 2.9 s); one product fewer
-                s = C.reduce_sum(u_hat, axis=2) / float(n_out)    # [batch, out, dim]
+                s = C.reduce_sum(u_hat, axis=2) / float(n_out + self.leaky)
             else:
-                c = C.softmax(b, axis=1)
+                c = self.couplings(b)
                 s = C.batch_dot(C.reshape(c, (-1, 1, n_in)), u_hat_rows, (2, 1))
                 s = C.reshape(s, (-1, n_out, d_out))
             v = squash(s)
@@ -197,12 +204,23 @@ class CapsuleLayer(CapsuleToCapsule):
                 b = agreement if b is None else b + agreement
         return v
 
+    def couplings(self, b):
+        """c = softmax over the output axis of the logits b [batch, out, in_num] (leaky: of
+        [0, b], the 0 logit's coupling dropped) -> [batch, out, in_num]."""
+        if not self.leaky:
+            return C.softmax(b, axis=1)
+        # exp(b_j) / (exp(0) + sum_k exp(b_k)), shifted by m = max(0, max_k b_k) for range
+        m = C.relu(C.reduce_max(b, axis=1, keepdims=True))
+        e = C.exp(b - m)
+        return e / (C.exp(-m) + C.reduce_sum(e, axis=1, keepdims=True))
+
     def call(self, inputs, training=None):
         return self.route(self.predictions(inputs))
 
     def get_config(self):
         config = super(CapsuleLayer, self).get_config()
         config['routings'] = self.routings
+        config['leaky'] = self.leaky
         return config
 
 

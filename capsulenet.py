@@ -8,6 +8,9 @@ Usage:
     python capsulenet.py --dataset affnist --model cnn   # §5.2: translated MNIST -> affNIST
     python capsulenet.py --dataset multimnist            # §6: two overlapping digits, 36x36
     python capsulenet.py --dataset smallnorb --model efficient --smallnorb_dir data/smallnorb
+    python capsulenet.py --dataset cifar10 --cifar10_dir data/cifar10  # §7: the paper's network
+    python capsulenet.py -t -w a.h5 -w b.h5 --dataset cifar10  # ensemble: mean capsule lengths
+    python capsulenet.py --dataset folder --data_dir my_images    # my_images/{train,test}/<class>/
 
 This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN), one registry
 of them (MODELS), the losses and the CLI, whose flags become keyword arguments of `run` at
@@ -20,17 +23,20 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 
 import argparse
 import collections
+import inspect
 import math
 import os
 import sys
 
 import numpy as np
 
+import cifar10
 import compat as C
 import datasets
 import evaluation
 import paper
 import reproduce
+import svhn
 import training
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 from compat import layers, models
@@ -42,12 +48,13 @@ from safeio import OneLineParser, UserError
 # ---------------------------------------------------------------- models
 def CapsNet(input_shape, n_class, routings=3, conv1_filters=256, conv1_kernel=9,
             primary_channels=32, primary_dim=8, primary_kernel=9, primary_strides=2,
-            digit_dim=16, decoder_units=(512, 1024), digits=1):
+            digit_dim=16, decoder_units=(512, 1024), digits=1, leaky_routing=False):
     """Builds the three CapsNet models sharing one set of weights (see `capsule_models`).
 
     input_shape: [H, W, C] of the images; n_class: number of digit capsules; digits: digits
-    per image (2: MultiMNIST, one reconstruction per digit). Defaults are the paper's MNIST
-    network: 8,215,568 parameters; on 36x36 MultiMNIST 11,361,808.
+    per image (2: MultiMNIST, one reconstruction per digit); leaky_routing: the paper's
+    "none-of-the-above" routing class (CapsuleLayer's leaky, CIFAR-10). Defaults are the
+    paper's MNIST network: 8,215,568 parameters; on 36x36 MultiMNIST 11,361,808.
     """
     x = layers.Input(shape=tuple(input_shape))
     conv1 = layers.Conv2D(filters=conv1_filters, kernel_size=conv1_kernel, strides=1,
@@ -55,7 +62,7 @@ def CapsNet(input_shape, n_class, routings=3, conv1_filters=256, conv1_kernel=9,
     primarycaps = PrimaryCap(conv1, dim_capsule=primary_dim, n_channels=primary_channels,
                              kernel_size=primary_kernel, strides=primary_strides, padding='valid')
     digitcaps = CapsuleLayer(num_capsule=n_class, dim_capsule=digit_dim, routings=routings,
-                             name='digitcaps')(primarycaps)
+                             leaky=leaky_routing, name='digitcaps')(primarycaps)
     return capsule_models(x, digitcaps, input_shape, dense_decoder(decoder_units), digits)
 
 
@@ -286,13 +293,64 @@ EFFICIENT_VARIANTS = {
 }
 
 
+# The paper's CapsNets for its other data sets (§7), as CapsNet keywords; the CLI's
+# architecture flags override them (e.g. a small CPU run).
+CAPSNET_VARIANTS = {'cifar10': cifar10.CAPSNET, 'svhn': svhn.CAPSNET}
+VARIANTS = {'capsnet': CAPSNET_VARIANTS, 'efficient': EFFICIENT_VARIANTS}
+
+
+def smallest_input(kernels, strides):
+    """The smallest image side a stack of 'valid' windows (kernel, stride), applied in order,
+    maps to at least one position: sizes run backwards from 1 as (size - 1) * stride + kernel."""
+    size = 1
+    for kernel, stride in reversed(list(zip(kernels, strides))):
+        size = (size - 1) * int(stride) + int(kernel)
+    return size
+
+
+def receptive_field(model, options):
+    """(smallest image side MODELS[model] built with options takes, its windows in words,
+    what to change). CapsNet: conv1 then the primary capsules' conv, both 'valid';
+    Efficient-CapsNet: its conv stack then the depthwise primary capsules; CNN: two 2x2
+    max-pools ('same' convs)."""
+    spec = MODELS[model]
+    args = {k: p.default for k, p in inspect.signature(spec.builder).parameters.items()}
+    args.update(options)
+    if model == 'capsnet':
+        kernels = (args['conv1_kernel'], args['primary_kernel'])
+        strides = (1, args['primary_strides'])
+        words = 'conv1 %dx%d, primary capsules %dx%d stride %d' % (
+            kernels[0], kernels[0], kernels[1], kernels[1], strides[1])
+        return smallest_input(kernels, strides), words, \
+            'lower --conv1_kernel / --primary_kernel / --primary_strides'
+    if model == 'efficient':
+        kernels = tuple(args['conv_kernels']) + (args['primary_kernel'],)
+        strides = tuple(args['conv_strides']) + (args['primary_strides'],)
+        words = 'convs %s, depthwise primary capsules %d' % (
+            ', '.join('%d/%d' % ks for ks in zip(kernels[:-1], strides[:-1])), kernels[-1])
+        return smallest_input(kernels, strides), words, 'use --model capsnet or cnn'
+    return smallest_input((2, 2), (2, 2)), 'two 2x2 max-pools', 'use larger images'
+
+
+def check_input_size(model, input_shape, options):
+    """UserError in one line when images of input_shape [H, W, C] are smaller than what
+    MODELS[model] with options (its keywords) takes, naming that size and what to change."""
+    smallest, words, change = receptive_field(model, options)
+    if min(input_shape[:2]) < smallest:
+        raise UserError('images of %dx%d are too small for --model %s as set (%s): it takes at '
+                        'least %dx%d; %s, or use larger images'
+                        % (input_shape[0], input_shape[1], model, words, smallest, smallest,
+                           change))
+
+
 def build_models(model, input_shape, n_class, dataset='mnist', **options):
     """(train_model, eval_model, manipulate_model or None) of MODELS[model] sized by options
     (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's), in the form
-    `dataset` needs: Efficient-CapsNet's own network for it, two digits for MultiMNIST."""
+    `dataset` needs: the paper's (CapsNet) or Efficient-CapsNet's own network for it
+    (VARIANTS), two digits for MultiMNIST. UserError when the images are too small for it."""
     options = {k: v for k, v in options.items() if k != 'lam_recon'}
-    if model == 'efficient':
-        options = dict(EFFICIENT_VARIANTS.get(dataset, {}), **options)
+    options = dict(VARIANTS.get(model, {}).get(dataset, {}), **options)
+    check_input_size(model, input_shape, options)
     if MODELS[model].kind == 'capsule' and datasets.DATASET_DIGITS.get(dataset, 1) != 1:
         options['digits'] = datasets.DATASET_DIGITS[dataset]
     try:
@@ -341,7 +399,10 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
     MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir).
     validation_split N > 0: the last N training images validate (log.csv's val_ columns,
     best_model.h5, early stopping) and the test set is used once, at the end
-    (test_results.json); 0: the test set validates, as the seed repo does."""
+    (test_results.json); 0: the test set validates, as the seed repo does. weights: one
+    weights file, or with testing a list of them: an ensemble, tested on the mean of their
+    class scores (capsule lengths)."""
+    weights, members = ensemble_members(weights, testing)
     if resume and (testing or weights is not None or overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t, -w or --overwrite')
@@ -387,6 +448,11 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
         print('note: validating on the test set (log.csv val_ columns and best_model.h5 are '
               'test-set figures); --validation_split N holds out training images instead')
     digits = datasets.DATASET_DIGITS.get(dataset, 1)
+    variant = VARIANTS.get(model, {}).get(dataset)
+    if variant:
+        print('note: --dataset %s builds its own --model %s network: %s (architecture flags '
+              'given override these)' % (dataset, model, ', '.join(
+                  '%s=%s' % (k, getattr(v, '__name__', v)) for k, v in sorted(variant.items()))))
     with scope as parallel:
         sizes = model_sizes(model, options)
         with C.out_of_memory_hint('building --model %s' % model, sizes):
@@ -399,6 +465,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                 print('note: %s is a full-model file: loaded its weights only (its model config '
                       'is ignored, nothing in it is executed)' % weights)
             print('Loaded weights from %s' % weights)
+        load = (lambda path: load_weights_h5(train_model, path)) if members else None
         with C.out_of_memory_hint('training' if not testing else 'testing',
                                 ['--batch_size %d' % batch_size] + sizes):
             if testing:
@@ -433,19 +500,38 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                                lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                                spec.monitor, initial_epoch, train_model, keep_checkpoints,
                                extra_callbacks)
-            acc = evaluation.test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir)
+            acc = evaluation.test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir,
+                                  members and (load, members))
             if dataset == 'multimnist':
                 print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
                       % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
             if extra is not None:
                 evaluation.affnist_report(eval_model, model, spec.kind, acc, len(x_test), extra,
-                                          batch_size, save_dir)
+                                          batch_size, save_dir, members and (load, members))
             if not testing and validation_split:  # last: it loads best_model.h5's weights
                 evaluation.held_out_report(
                     fitted, train_model, datasets.validation_data(spec.kind, test_split),
                     batch_size, save_dir, spec.monitor,
                     dict(validation_split=validation_split, train_images=len(x_train),
                          test_images=len(x_test)))
+
+
+def ensemble_members(weights, testing):
+    """-w given once (a path or a one-item list) or several times: (the file loaded first,
+    the ensemble's files or None). UserError for several outside -t or a file named twice."""
+    if weights is None or isinstance(weights, str):
+        return weights, None
+    weights = list(weights)
+    if len(weights) == 1:
+        return weights[0], None
+    if not testing:
+        raise UserError('-w given %d times: an ensemble (the mean of the models\' capsule '
+                        'lengths) is for testing (-t); training starts from one -w'
+                        % len(weights))
+    twice = sorted(set(w for w in weights if weights.count(w) > 1))
+    if twice:
+        raise UserError('-w %s is given twice: each ensemble member once' % twice[0])
+    return weights[0], weights
 
 
 def describe(model, train_model, summary=False):
@@ -533,8 +619,12 @@ def build_parser():
                         'cnn (baseline)')
     p.add_argument('--dataset', default='mnist', choices=sorted(datasets.DATASETS),
                    help='which data: mnist, affnist (§5.2: translated MNIST, tested on affNIST), '
-                        'multimnist (§6: two overlapping digits on 36x36, generated from MNIST) '
-                        'or smallnorb (the real files in --smallnorb_dir)')
+                        'multimnist (§6: two overlapping digits on 36x36, generated from MNIST), '
+                        'smallnorb (the real files in --smallnorb_dir), cifar10 / svhn (§7: the '
+                        'real files in --cifar10_dir / --svhn_dir, with the paper\'s network for '
+                        'each), folder (--data_dir DIR with DIR/train/<class>/*, '
+                        'DIR/test/<class>/*) or npz (--data_dir FILE.npz with x_train, y_train, '
+                        'x_test, y_test)')
     p.add_argument('--epochs', default=None, type=_bounded(int, 1),
                    help=_recipe_help('training epochs', 'epochs'))
     p.add_argument('--batch_size', default=None, type=_bounded(int, 1),
@@ -565,9 +655,12 @@ def build_parser():
                    help='test the model given by -w instead of training')
     p.add_argument('--digit', default=5, type=_bounded(int, 0, 9),
                    help='digit whose capsule is manipulated (with -t)')
-    p.add_argument('-w', '--weights', default=None, help='weights .h5 to load (test or fine-tune)')
+    p.add_argument('-w', '--weights', default=None, action='append',
+                   help='weights .h5 to load (test or fine-tune); with -t, several -w test their '
+                        'ensemble: the mean of the models\' capsule lengths (class scores)')
     p.add_argument('--data_dir', default=None,
-                   help='folder with the MNIST idx files (default data/mnist, else download)')
+                   help='folder with the MNIST idx files (default data/mnist, else download); '
+                        '--dataset folder: the folder of your images; --dataset npz: the .npz')
     p.add_argument('--train_samples', default=None, type=_bounded(int, 1),
                    help='train on the first N training images only (quick runs)')
     p.add_argument('--test_samples', default=None, type=_bounded(int, 1),
@@ -624,6 +717,12 @@ def build_parser():
     p.add_argument('--smallnorb_dir', default=None,
                    help='--dataset smallnorb: folder with the six smallnorb-*-{dat,cat,info}.mat '
                         'files (raw or .gz; default data/smallnorb/)')
+    p.add_argument('--cifar10_dir', default=None,
+                   help='--dataset cifar10: the binary version, cifar-10-binary.tar.gz or its '
+                        'cifar-10-batches-bin/ (default data/cifar10/)')
+    p.add_argument('--svhn_dir', default=None,
+                   help='--dataset svhn: folder with train_32x32.mat and test_32x32.mat '
+                        '(default data/svhn/)')
     p.add_argument('--early_stopping', default=None, type=_bounded(int, 0), metavar='PATIENCE',
                    help='stop when validation accuracy has not improved for PATIENCE epochs')
     p.add_argument('--stop_at_val_acc', default=None, type=_bounded(float, 0, 1, low_open=True),

@@ -10,8 +10,11 @@ image; training_batches gives their training batches, hold_out a held-out valida
 import collections
 
 import affnist_loader
+import cifar10
 import multimnist
+import own_data
 import smallnorb
+import svhn
 import training
 import utils
 from safeio import UserError
@@ -103,30 +106,82 @@ def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallno
              utils.to_categorical(y_test, smallnorb.N_CLASS)), None)
 
 
+def one_hot(split, n_class):
+    """(x, integer labels [N]) -> (x, one-hot float32 [N, n_class])."""
+    return split[0], utils.to_categorical(split[1], n_class)
+
+
+def cifar10_data(data_dir=None, train_samples=None, test_samples=None, cifar10_dir=None):
+    """--dataset cifar10: (train, test, None) from the binary version in cifar10_dir (default
+    data/cifar10/; cifar10.py). train: [N, 32, 32, 3] float32 in [0, 1], one-hot [N, 10];
+    training.PatchBatches crops 24x24 at random. test: the centre 24x24 crops [M, 24, 24, 3].
+    data_dir (MNIST) is not used."""
+    (x_train, y_train), (x_test, y_test) = cifar10.load_cifar10(cifar10_dir)
+    train = (own_data.to_float(x_train[:train_samples]), y_train[:train_samples])
+    test = (own_data.to_float(cifar10.center_crop(x_test[:test_samples])),
+            y_test[:test_samples])
+    return one_hot(train, cifar10.N_CLASS), one_hot(test, cifar10.N_CLASS), None
+
+
+def svhn_data(data_dir=None, train_samples=None, test_samples=None, svhn_dir=None):
+    """--dataset svhn: (train, test, None) from train_32x32.mat / test_32x32.mat in svhn_dir
+    (default data/svhn/; svhn.py): x [N, 32, 32, 3] float32 in [0, 1], one-hot [N, 10]
+    (digit 0 is class 0). data_dir (MNIST) is not used."""
+    (x_train, y_train), (x_test, y_test) = svhn.load_svhn(svhn_dir)
+    train = (own_data.to_float(x_train[:train_samples]), y_train[:train_samples])
+    test = (own_data.to_float(x_test[:test_samples]), y_test[:test_samples])
+    return one_hot(train, svhn.N_CLASS), one_hot(test, svhn.N_CLASS), None
+
+
+def folder_data(data_dir=None, train_samples=None, test_samples=None):
+    """--dataset folder: (train, test, None) of the image folders data_dir/train/<class>/,
+    data_dir/test/<class>/ (own_data.load_folder): x [N, H, W, C] float32 in [0, 1], one-hot
+    [N, n_class] in the order of the sorted class names."""
+    train, test, classes = own_data.load_folder(data_dir, train_samples, test_samples)
+    print('--dataset folder: %d classes (%s), %d training and %d test images of %s'
+          % (len(classes), ', '.join(classes), len(train[0]), len(test[0]),
+             'x'.join(str(d) for d in train[0].shape[1:])))
+    return one_hot(train, len(classes)), one_hot(test, len(classes)), None
+
+
+def npz_data(data_dir=None, train_samples=None, test_samples=None):
+    """--dataset npz: (train, test, None) of the .npz file data_dir (own_data.load_npz):
+    x [N, H, W, C] float32 in [0, 1], one-hot [N, n_class], n_class the largest label + 1."""
+    train, test, n_class = own_data.load_npz(data_dir, train_samples, test_samples)
+    print('--dataset npz: %d classes, %d training and %d test images of %s'
+          % (n_class, len(train[0]), len(test[0]), 'x'.join(str(d) for d in train[0].shape[1:])))
+    return one_hot(train, n_class), one_hot(test, n_class), None
+
+
 # --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
 # -> (train (x, y), test (x, y) or a Split, extra evaluation set or None)
 DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
-            'multimnist': multimnist_data, 'smallnorb': smallnorb_data}
+            'multimnist': multimnist_data, 'smallnorb': smallnorb_data,
+            'cifar10': cifar10_data, 'svhn': svhn_data, 'folder': folder_data, 'npz': npz_data}
 DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
-                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',)}
+                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',),
+                 'cifar10': ('cifar10_dir',), 'svhn': ('svhn_dir',), 'folder': (), 'npz': ()}
 ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
 # training augmentation flags: MNIST's only (the others' batches bring their own, see below)
 AUGMENT_FLAGS = ('augment', 'shift_fraction')
-OWN_AUGMENTATION = ('affnist', 'multimnist', 'smallnorb')
+OWN_AUGMENTATION = ('affnist', 'multimnist', 'smallnorb', 'cifar10')
 # digits per image of a data set (2: one reconstruction and one mask per digit)
 DATASET_DIGITS = {'multimnist': 2}
 
 
 def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
     """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
-    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's random crops; MNIST shifted
-    up to shift_fraction of its size, or augment='efficient'."""
+    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's and CIFAR-10's random crops;
+    MNIST (and SVHN, folder, npz) shifted up to shift_fraction of its size, or
+    augment='efficient'."""
     if dataset == 'affnist':
         return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
     if dataset == 'multimnist':
         return training.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
     if dataset == 'smallnorb':
         return training.CropBatches(x, y, batch_size, seed=seed, workers=workers)
+    if dataset == 'cifar10':
+        return training.PatchBatches(x, y, batch_size, seed=seed, workers=workers)
     return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
                                    augment=utils.efficient_augment if augment == 'efficient' else None,
                                    workers=workers)
@@ -144,6 +199,11 @@ VALIDATION_FORMS = {
         x, y, multimnist_pairs, VALIDATION_SEED),
     # prepared 64x64 pairs -> their centre 48x48 patches, as the test set
     'smallnorb': lambda x, y, **_: as_split((smallnorb.center_crop(x), y)),
+    # 32x32 training images -> their centre 24x24 patches, as the test set
+    'cifar10': lambda x, y, **_: as_split((cifar10.center_crop(x), y)),
+    'svhn': lambda x, y, **_: as_split((x, y)),
+    'folder': lambda x, y, **_: as_split((x, y)),
+    'npz': lambda x, y, **_: as_split((x, y)),
 }
 
 

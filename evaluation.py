@@ -1,7 +1,8 @@
-"""Testing a trained model and writing its figures and reports: predictions and accuracy,
-real_and_recon.png / multimnist_recon.png, manipulate-<digit>.png, the affNIST report
-(affnist_results.json) and, after a run validated on held-out images, test_results.json. The models come built and loaded; their kind ('capsule' or
-'classifier', capsulenet.MODELS) is passed in.
+"""Testing a trained model and writing its figures and reports: predictions and accuracy (of
+one model, or an ensemble's mean class scores), real_and_recon.png / multimnist_recon.png,
+manipulate-<digit>.png, the affNIST report (affnist_results.json) and, after a run validated
+on held-out images, test_results.json. The models come built and loaded; their kind
+('capsule' or 'classifier', capsulenet.MODELS) is passed in.
 """
 import csv
 import json
@@ -26,6 +27,33 @@ def predict(eval_model, kind, x, batch_size, quiet=False):
     return (outputs, None) if kind == 'classifier' else (outputs[0], list(outputs[1:]))
 
 
+def ensemble_predict(eval_model, kind, x, batch_size, load, weights):
+    """An ensemble's predictions: (the mean over the weights files of eval_model's class
+    scores [N, n_class] (capsule lengths, or probabilities), the first file's reconstructions
+    (None for a classifier), each file's scores [N, n_class]). load(path) loads a weights file
+    into eval_model; it is left holding the last one's weights."""
+    each, recons = [], None
+    for i, path in enumerate(weights):
+        load(path)
+        scores, member_recons = predict(eval_model, kind, x, batch_size, quiet=True)
+        each.append(np.asarray(scores, dtype='float64'))
+        recons = member_recons if i == 0 else recons
+    return np.mean(each, axis=0), recons, each
+
+
+def scores_of(eval_model, kind, x, y, batch_size, members=None):
+    """(class scores [N, n_class], reconstructions or None) of eval_model, or with members
+    = (load, weights files) of their ensemble (ensemble_predict), printing each member's
+    accuracy on (x, y) before."""
+    if not members:
+        return predict(eval_model, kind, x, batch_size)
+    scores, recons, each = ensemble_predict(eval_model, kind, x, batch_size, *members)
+    for path, member in zip(members[1], each):
+        print('  member %s: accuracy %.4f' % (path, accuracy_of(member, y)))
+    print('Ensemble of %d models: the mean of their class scores' % len(each))
+    return scores, recons
+
+
 def accuracy_of(scores, y):
     """Fraction of rows whose highest score is the one-hot y's class; with two-hot y
     (MultiMNIST), whose two highest scores are its two classes."""
@@ -34,11 +62,12 @@ def accuracy_of(scores, y):
     return float(np.mean(np.argmax(scores, 1) == np.argmax(y, 1)))
 
 
-def test(eval_model, kind, x_test, y_test, batch_size, save_dir):
+def test(eval_model, kind, x_test, y_test, batch_size, save_dir, members=None):
     """Prints test accuracy / error and, for models with a decoder, writes real_and_recon.png
-    (MultiMNIST: multimnist_recon.png). Returns the accuracy."""
+    (MultiMNIST: multimnist_recon.png). members: (load, weights files) to test their
+    ensemble (scores_of; the reconstructions are the first member's). Returns the accuracy."""
     print('Testing on %d test images:' % len(x_test))  # names the progress bar below
-    y_pred, recons = predict(eval_model, kind, x_test, batch_size)
+    y_pred, recons = scores_of(eval_model, kind, x_test, y_test, batch_size, members)
     acc = accuracy_of(y_pred, y_test)
     print('Test accuracy: %.4f  (error %.2f%%) on %d images' % (acc, 100 * (1 - acc), len(x_test)))
     if recons is None:  # the CNN: no reconstructions to show
@@ -90,13 +119,13 @@ def manipulate_latent(model, x_test, y_test, digit, seed, save_dir):
 
 
 def affnist_report(eval_model, model, kind, expanded_acc, expanded_images, affnist_set,
-                   batch_size, save_dir):
+                   batch_size, save_dir, members=None):
     """Tests on affnist_set = (x, y, description) (real, or 'affNIST-style (generated)'),
     prints it beside the expanded-MNIST accuracy and writes <save_dir>/affnist_results.json.
-    model: the --model name; kind: its MODELS kind."""
+    model: the --model name; kind: its MODELS kind; members: an ensemble, as in `test`."""
     x, y, description = affnist_set
     print('Testing on %d images of %s:' % (len(x), description))
-    acc = accuracy_of(predict(eval_model, kind, x, batch_size)[0], y)
+    acc = accuracy_of(scores_of(eval_model, kind, x, y, batch_size, members)[0], y)
     results = {'model': model, 'expanded_mnist_accuracy': expanded_acc,
                'expanded_mnist_images': expanded_images,
                'affnist_accuracy': acc, 'affnist_images': len(x), 'affnist_set': description,

@@ -18,6 +18,7 @@ import zipfile
 import numpy as np
 
 import affnist_loader
+import cifar10
 import compat as C
 import multimnist
 import smallnorb
@@ -132,6 +133,21 @@ class CropBatches(ShiftedBatches):
     def __getitem__(self, index):
         idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         patches, y = smallnorb.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
+        return C.pack_batch([patches, y], [y, patches])
+
+
+class PatchBatches(ShiftedBatches):
+    """CIFAR-10 training batches ([patches, y], [y, patches]) of cifar10.train_batch: x
+    [N, 32, 32, 3] -> uniform random 24x24 crops [B, 24, 24, 3], a pure function of (seed,
+    epoch, index); y one-hot [N, 10]."""
+
+    def __init__(self, x, y, batch_size, seed=None, workers=1):
+        super(PatchBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
+                                           workers=workers)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        patches, y = cifar10.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
         return C.pack_batch([patches, y], [y, patches])
 
 

@@ -299,7 +299,7 @@ def test_train_batch_is_pure(split):
 def test_data_modules_import_no_keras():
     import subprocess
     import sys
-    code = ('import sys, multimnist, smallnorb, data_errors; '
+    code = ('import sys, multimnist, smallnorb, data_errors, cifar10, svhn, own_data; '
             'print([m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow", "jax", '
             '"torch", "compat", "utils")])')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
