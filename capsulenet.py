@@ -365,7 +365,8 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
         training.check_validation_split(folder, validation_split)
     C.set_precision(mixed_precision)  # before any model is built
     # before the data are loaded: an --xla that cannot hold fails fast
-    runsetup.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None, testing)
+    runsetup.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None,
+                                 testing)
     scope = C.distribution_scope(multi_gpu, batch_size, worker)
     if seed is not None:
         C.set_seed(seed)

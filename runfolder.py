@@ -31,33 +31,13 @@ class RunFolder(object):
 
     def __init__(self, path):
         self.path = path
+        # their paths: folder.log is path/log.csv, and so on
+        self.log, self.log_figure, self.best, self.trained, self.split, self.test_results = (
+            self.file(name) for name in (self.LOG, self.LOG_FIGURE, self.BEST, self.TRAINED,
+                                         self.SPLIT, self.TEST_RESULTS))
 
     def file(self, name):
         return os.path.join(self.path, name)
-
-    @property
-    def log(self):
-        return self.file(self.LOG)
-
-    @property
-    def log_figure(self):
-        return self.file(self.LOG_FIGURE)
-
-    @property
-    def best(self):
-        return self.file(self.BEST)
-
-    @property
-    def trained(self):
-        return self.file(self.TRAINED)
-
-    @property
-    def split(self):
-        return self.file(self.SPLIT)
-
-    @property
-    def test_results(self):
-        return self.file(self.TEST_RESULTS)
 
     def weights(self, epoch):
         """The checkpoint's weights after `epoch` epochs: weights-XX.h5."""

@@ -4,6 +4,7 @@ train() takes a compiled model and ready batches and runs the epochs with the ca
 repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 / optimizer-XX.npz checkpoints
 (the newest --keep_checkpoints pairs), best_model.h5, trained_model.h5 and log.png at the end.
 Batches depend on (seed, epoch, index) only, so runs are reproducible with any --workers.
+The names of --save_dir's files, its checkpoints and an earlier run there: runfolder.RunFolder.
 """
 import atexit
 import csv
@@ -323,10 +324,10 @@ def refuse_earlier_run(folder, overwrite=False):
 
 
 def check_resumable(folder, monitor):
-    """--resume, before the data are loaded: UserError when the RunFolder holds an earlier run but no
-    checkpoint to continue it from (a fresh run would replace it), or a log.csv that lacks
-    the columns of this run (`monitor`: its validation accuracy column). An empty save_dir,
-    or one with an empty log.csv only, is fine: training starts at epoch 1."""
+    """--resume, before the data are loaded: UserError when `folder` (a RunFolder) holds an
+    earlier run but no checkpoint to continue it from (a fresh run would replace it), or a
+    log.csv that lacks the columns of this run (`monitor`: its validation accuracy column). An
+    empty folder, or one with an empty log.csv only, is fine: training starts at epoch 1."""
     if not folder.checkpoints():
         found = folder.earlier_run()
         if found:
