@@ -75,7 +75,7 @@ def test_every_python_command_is_run_or_skipped_with_a_reason():
     commands = python_commands()
     assert len(commands) >= 10, commands  # the extraction found the README's blocks
     runnable = [c for c in commands if _skip_reason(c) is None]
-    unknown = [c for c in runnable if not re.match(r'python (capsulenet|utils)\.py ', c)]
+    unknown = [c for c in runnable if not re.match(r'python (capsulenet|utils|viewer)\.py ', c)]
     assert not unknown, 'add these README commands to tests/test_readme.py: %s' % unknown
     stale = [s for s in SKIPPED if not any(c.startswith(s) for c in commands)]
     assert not stale, 'SKIPPED names commands the README no longer has: %s' % stale
