@@ -10,6 +10,7 @@ import numpy as np
 
 import compat as C
 from compat import layers
+from convolution import Conv2D
 
 # Inside the square roots: keeps value and gradient finite at the zero vector while staying
 # far below the squared lengths of capsules at initialisation (~1e-15): the usual 1e-7
@@ -229,9 +230,9 @@ def PrimaryCap(inputs, dim_capsule, n_channels, kernel_size, strides, padding):
 
     inputs: [batch, H, W, C] -> [batch, H' * W' * n_channels, dim_capsule]
     """
-    # C.Conv2D: the plain layer, but for the strided convolution's JAX path (compat)
-    output = C.Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
-                      strides=strides, padding=padding, name='primarycap_conv2d')(inputs)
+    # convolution.Conv2D: the plain layer, but for the strided convolution's CPU paths
+    output = Conv2D(filters=dim_capsule * n_channels, kernel_size=kernel_size,
+                    strides=strides, padding=padding, name='primarycap_conv2d')(inputs)
     outputs = layers.Reshape(target_shape=(-1, dim_capsule), name='primarycap_reshape')(output)
     return Squash(name='primarycap_squash')(outputs)
 

@@ -25,7 +25,6 @@ import argparse
 import collections
 import inspect
 import math
-import os
 import sys
 
 import numpy as np
@@ -36,13 +35,14 @@ import datasets
 import evaluation
 import paper
 import reproduce
+import runsetup
 import svhn
 import training
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 from compat import layers, models
-from data_errors import DataError
 from h5weights import load_weights_h5
-from safeio import OneLineParser, UserError
+from runfolder import RunFolder
+from safeio import OneLineParser, UserError, run_cli
 
 
 # ---------------------------------------------------------------- models
@@ -363,16 +363,16 @@ def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1, xla='auto'):
     """Adam(lr) and the loss of spec's kind (default: capsnet's). Capsule models: margin
     loss + lam_recon * MSE of the reconstruction; digits=2 (MultiMNIST): each digit's
     reconstruction MSE weighs lam_recon / 2. The accuracy column: accuracy_metric(digits).
-    xla: --xla ('auto' or 'on': C.xla_compile_options)."""
+    xla: --xla ('auto' or 'on': runsetup.xla_compile_options)."""
     spec = spec or MODELS['capsnet']
-    metric, options = accuracy_metric(digits), C.xla_compile_options(xla)
+    metric, options = accuracy_metric(digits), runsetup.xla_compile_options(xla)
     if spec.kind == 'classifier':  # no decoder: softmax + cross-entropy
         model.compile(optimizer=C.adam(lr), loss=spec.loss, metrics=[metric], **options)
     else:
         losses = list(spec.loss) + [spec.loss[-1]] * (digits - 1)
         model.compile(optimizer=C.adam(lr), loss=losses, metrics={'capsnet': [metric]},
                       loss_weights=[1.] + [lam_recon / digits] * digits, **options)
-    C.check_xla(model, options)
+    runsetup.check_xla(model, options)
 
 
 # ---------------------------------------------------------------- run
@@ -410,24 +410,26 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
         raise UserError('--validation_split holds out training images for training; -t '
                         'tests the weights given on the test set')
     if debug and not testing:  # before anything is written or loaded: fail fast
-        C.check_tensorboard()
+        runsetup.check_tensorboard()
     spec = MODELS[model]
     data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
-    worker = C.multi_worker_task()  # TF_CONFIG: one of several machines
+    worker = runsetup.multi_worker_task()  # TF_CONFIG: one of several machines
     if not testing:  # not the chief: a folder of its own
         save_dir = training.worker_save_dir(save_dir, worker, resume)
-    training.prepare_save_dir(save_dir)
+    folder = RunFolder(save_dir)
+    folder.prepare()
     # before the data are loaded: fail fast
-    training.refuse_links(save_dir, testing)
+    folder.refuse_links(testing)
     if resume:  # continue the run there, or refuse: never a fresh run over it
-        training.check_resumable(save_dir, spec.monitor)
+        training.check_resumable(folder, spec.monitor)
     elif not testing:
-        training.refuse_earlier_run(save_dir, overwrite)
+        training.refuse_earlier_run(folder, overwrite)
     if resume:  # the split it validated on: the same
-        training.check_validation_split(save_dir, validation_split)
+        training.check_validation_split(folder, validation_split)
     C.set_precision(mixed_precision)  # before any model is built
     # before the data are loaded: an --xla that cannot hold fails fast
-    C.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None, testing)
+    runsetup.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None,
+                                 testing)
     scope = C.distribution_scope(multi_gpu, batch_size, worker)
     if seed is not None:
         C.set_seed(seed)
@@ -455,7 +457,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                   '%s=%s' % (k, getattr(v, '__name__', v)) for k, v in sorted(variant.items()))))
     with scope as parallel:
         sizes = model_sizes(model, options)
-        with C.out_of_memory_hint('building --model %s' % model, sizes):
+        with runsetup.out_of_memory_hint('building --model %s' % model, sizes):
             # the test images give the input shape: training digits / crops may be other sizes
             train_model, eval_model, manipulate_model = build_models(
                 model, x_test.shape[1:], y_test.shape[1], dataset, **options)
@@ -466,7 +468,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                       'is ignored, nothing in it is executed)' % weights)
             print('Loaded weights from %s' % weights)
         load = (lambda path: load_weights_h5(train_model, path)) if members else None
-        with C.out_of_memory_hint('training' if not testing else 'testing',
+        with runsetup.out_of_memory_hint('training' if not testing else 'testing',
                                 ['--batch_size %d' % batch_size] + sizes):
             if testing:
                 if weights is None:
@@ -478,7 +480,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                     print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
                           '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
             else:
-                initial_epoch = (training.resume_weights(train_model, save_dir, epochs)
+                initial_epoch = (training.resume_weights(train_model, folder, epochs)
                                  if resume else 0)
                 fitted = parallel(train_model)
                 compile_model(fitted, lr, lam_recon, spec, digits, xla)
@@ -492,11 +494,11 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                                                            stop_at_val_acc)
                 if debug:
                     extra_callbacks.append(C.tensorboard(
-                        os.path.join(save_dir, 'tensorboard-logs'), batch_size))
+                        folder.file(folder.TENSORBOARD), batch_size))
                 if not resume:
-                    training.remove_earlier_run(save_dir)  # none is there without --overwrite
-                training.record_validation_split(save_dir, validation_split, len(x_train))
-                training.train(fitted, batches, validation, save_dir, epochs,
+                    folder.remove_earlier_run()  # none is there without --overwrite
+                training.record_validation_split(folder, validation_split, len(x_train))
+                training.train(fitted, batches, validation, folder, epochs,
                                lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                                spec.monitor, initial_epoch, train_model, keep_checkpoints,
                                extra_callbacks)
@@ -511,7 +513,7 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
             if not testing and validation_split:  # last: it loads best_model.h5's weights
                 evaluation.held_out_report(
                     fitted, train_model, datasets.validation_data(spec.kind, test_split),
-                    batch_size, save_dir, spec.monitor,
+                    batch_size, folder, spec.monitor,
                     dict(validation_split=validation_split, train_images=len(x_train),
                          test_images=len(x_test)))
 
@@ -680,7 +682,7 @@ def build_parser():
     p.add_argument('--mixed_precision', default='off', choices=sorted(C.PRECISIONS),
                    help='convolutions and dense layers compute in bf16 or fp16 (loss scaling) '
                         'with float32 variables; capsule math stays float32 (Keras 3 only)')
-    p.add_argument('--xla', default='auto', choices=C.XLA_MODES,
+    p.add_argument('--xla', default='auto', choices=runsetup.XLA_MODES,
                    help="on: TensorFlow's training steps compiled with XLA (CPU: capsnet in "
                         "float32 1.2-1.3x faster; efficient, cnn and bf16 slower; not with "
                         "--seed); auto: Keras' choice (XLA on GPUs)")
@@ -743,27 +745,16 @@ def build_parser():
 
 def main(argv=None):
     """The command line: flags -> keyword arguments of `run` / `reproduce_table1`; a
-    UserError or OSError is one `error:` line and exit code 2."""
+    UserError or OSError is one `error:` line and exit code 2, Ctrl-C 130 (safeio.run_cli)."""
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None or k not in
                MODEL_FLAGS + datasets.ALL_DATASET_FLAGS + datasets.AUGMENT_FLAGS}
     table = options.pop('reproduce')
-    try:
+
+    def body():
         C.configure_threads()
         reproduce.reproduce_table1(run, **options) if table == 'table1' else run(**options)
-    except (UserError, DataError) as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permissions, ... while writing outputs
-        print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        # on a line of its own: Ctrl-C mostly lands in the middle of a progress bar
-        advice = e.advice() if isinstance(e, training.Interrupted) else 'error: interrupted'
-        print('\n' + advice, file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(body)
 
 
 if __name__ == '__main__':

@@ -1,87 +1,43 @@
 """The one seam between this repo and the Keras version / backend it runs on.
 
-Every other file imports Keras and tensor ops from here, so the
-differences between keras==2.2.4 (TensorFlow 1.x graph mode) and Keras 3
-(TensorFlow, JAX or PyTorch backend) live in this file only.
-
-What differs, and how it is settled here:
-- tensor ops: keras.backend (2.2.4) vs keras.ops (3): thin wrappers with one signature.
-- batch_dot: 2.2.4 and Keras >= 2.3 disagree for rank > 3 operands (XifengGuo/CapsNet-Keras
-  #104); both agree on rank-3 batched matrix products, the only form used here.
-- optimizer state, devices (data-parallel training), CPU threads, seeds, mixed precision and
-  XLA (--xla): each Keras and backend sets them its own way.
-(The weights-file format is h5weights.py's job; user errors and atomic writes are safeio.py's;
-why a backend cannot load, backends.py's; TF_CONFIG's addresses and the wait for the other
-workers, cluster.py's.)
-- training on a generator: fit_generator (2.2.4) vs fit (3).
-- custom layers in saved full models: keras.saving's registry (3) vs the global custom
-  objects (2.2.4); see `serializable`.
+Every other file imports Keras and tensor ops from here, so the differences between
+keras==2.2.4 (TensorFlow 1.x graph mode) and Keras 3 (TensorFlow, JAX or PyTorch backend)
+are settled here. Contents, by section; [branches] are the versions / backends told apart:
+- import: keras (backends.import_keras: TF's start-up lines filtered, one line if it cannot
+  load) [TF]; KERAS3,
+  BACKEND, Sequence (keras.utils.Sequence / PyDataset) [2.2.4, 3].
+- tensor ops: keras.backend (2.2.4) vs keras.ops (3), one signature each; batch_dot (2.2.4 and
+  Keras >= 2.3 disagree for rank > 3, XifengGuo/CapsNet-Keras #104: rank 3 only here) [2.2.4, 3].
+- saved full models: serializable, keras.saving's registry vs global custom objects [2.2.4, 3].
+- model helpers: adam, get_learning_rate, dense_sequential, instance_norm (GroupNormalization
+  / own layer), upsampling_bilinear (half-pixel centres / own layer) [2.2.4, 3]; fit
+  (fit_generator / fit) [2.2.4, 3; TF: _build_before_tracing]; evaluate_logs, pack_batch,
+  tensorboard, clear_session [2.2.4, 3]; set_seed [2.2.4, 3; TF: op determinism].
+- mixed precision: set_precision [2.2.4: none; 3: dtype policies].
+- optimizer state (--resume): get_optimizer_state, set_optimizer_state [2.2.4, 3].
+- what runs where: gpu_names, stack_line [2.2.4 TF, 3 TF, JAX, torch].
+- several devices / machines: distribution_scope [2.2.4 multi_gpu_model; 3: TF MirroredStrategy
+  (MultiWorkerMirroredStrategy under TF_CONFIG, mended: _multi_worker_strategy), JAX
+  DataParallel; torch: none].
+- out of memory: out_of_memory [TF, JAX, torch]. CPU threads: configure_threads [2.2.4 TF, 3 TF,
+  torch; JAX: XLA_FLAGS].
+Elsewhere, reading KERAS3 / BACKEND from here: convolution.py (the strided convolution's CPU
+paths: JAX, TF), runsetup.py (--xla, TF_CONFIG, out-of-memory lines in the CLI's words),
+h5weights.py (the weights-file format), benchmarks/tensors.py (numpy in and out, for tests).
+User errors and atomic writes are safeio.py's; why a backend cannot load, backends.py's;
+TF_CONFIG's addresses and the wait for the other workers, cluster.py's.
 """
-import collections
 import contextlib
-import json
 import os
 import re
-import sys
-import tempfile
 
 import numpy as np
 
 import backends
-from cluster import parse_address as parse_cluster_address, wait_for_workers
+from cluster import wait_for_workers
 from safeio import UserError  # noqa: F401 (raised here; C.UserError for callers)
 
-# TensorFlow's C++ log lines, before TensorFlow is imported (a user's own value wins). 3, not
-# 2: with --seed (op determinism) TF 2.21's tf.data logs a harmless ERROR line, NodeDef
-# `use_unbounded_threadpool`, preceded by absl's 'All log messages before absl::InitializeLog()'.
-_QUIET = 'TF_CPP_MIN_LOG_LEVEL' not in os.environ
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-# absl's informational lines from before its InitializeLog, written to fd 2 whatever the level
-_EARLY_CHATTER = re.compile(r'^(WARNING: All log messages before absl::InitializeLog\(\)'
-                            r'|[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] )')
-
-
-@contextlib.contextmanager
-def _without_early_chatter(quiet):
-    """While TensorFlow loads (inside `import keras`), fd 2 goes to a temporary file; then its
-    lines go to stderr less absl's early informational ones ('oneDNN custom operations are
-    on', twice, on CPUs where oneDNN is on by default: TF_CPP_MIN_LOG_LEVEL does not reach
-    them). Errors and everything else are kept; quiet=False (a level the user set): as is."""
-    if not quiet:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode='w+b') as early:
-        os.dup2(early.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            early.seek(0)
-            lines = early.read().decode('utf-8', 'replace').splitlines(True)
-            sys.stderr.write(''.join(l for l in lines if not _EARLY_CHATTER.match(l)))
-            sys.stderr.flush()
-
-
-def _import_keras():
-    """keras, or a UserError of one line (backends.import_failure) when KERAS_BACKEND names no
-    backend or its package is missing: the command lines import this module before their
-    handlers exist, so safeio.interrupt_is_one_line's hook prints that line."""
-    failure = None
-    with _without_early_chatter(_QUIET):
-        try:
-            import keras
-        except (ImportError, ValueError, OSError) as e:  # OSError: a backend's broken library
-            failure = e
-    if failure is not None:
-        raise UserError(backends.import_failure(failure)) from failure
-    return keras
-
-
-keras = _import_keras()
+keras = backends.import_keras()  # one `error:` line, not a traceback, when it cannot load
 
 KERAS_VERSION = tuple(int(p) for p in keras.__version__.split('.')[:2])
 KERAS3 = KERAS_VERSION >= (3, 0)
@@ -103,7 +59,7 @@ Sequence = keras.utils.Sequence if not KERAS3 else keras.utils.PyDataset
 _lib = _ops if KERAS3 else _K  # keras.ops and keras 2.2.4's backend share these names
 sqrt, square, exp, relu = _lib.sqrt, _lib.square, _lib.exp, _lib.relu
 reshape, expand_dims, zeros_like, cast = _lib.reshape, _lib.expand_dims, _lib.zeros_like, _lib.cast
-argmax, equal, one_hot = _lib.argmax, _lib.equal, _lib.one_hot
+argmax, equal, one_hot, stack = _lib.argmax, _lib.equal, _lib.one_hot, _lib.stack
 reduce_max, reduce_min = _lib.max, _lib.min
 
 
@@ -148,19 +104,6 @@ def einsum(equation, *operands):
     return _K.tf.einsum(equation, *operands)
 
 
-def map_fn(fn, elems):
-    """fn applied to each slice elems[i] along axis 0, stacked (a per-sample loop)."""
-    if KERAS3:
-        return _ops.map(fn, elems)
-    return _K.map_fn(fn, elems)
-
-
-def tile(x, multiples):
-    if KERAS3:
-        return _ops.tile(x, multiples)
-    return _K.tile(x, multiples)
-
-
 def int_shape(x):
     """Static shape of a tensor as a tuple (None for unknown dims)."""
     if KERAS3:
@@ -175,37 +118,6 @@ def to_numpy(x):
     return _K.eval(x) if not isinstance(x, np.ndarray) else x
 
 
-def evaluate(fn, *arrays):
-    """fn applied to numpy arrays as backend tensors -> numpy result."""
-    if KERAS3:
-        return to_numpy(fn(*[keras.ops.convert_to_tensor(a) for a in arrays]))
-    return _K.eval(fn(*[_K.constant(a) for a in arrays]))
-
-
-def gradient_of_sum(fn, array):
-    """d sum(fn(x)) / dx at x = array, as numpy: used to check finite gradients."""
-    array = np.asarray(array, dtype='float32')
-    if not KERAS3:
-        x = _K.constant(array)
-        return _K.eval(_K.gradients(_K.sum(fn(x)), [x])[0])
-    if BACKEND == 'tensorflow':
-        import tensorflow as tf
-        x = tf.constant(array)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            total = tf.reduce_sum(fn(x))
-        return tape.gradient(total, x).numpy()
-    if BACKEND == 'jax':
-        import jax
-        return np.asarray(jax.grad(lambda x: fn(x).sum())(array))
-    if BACKEND == 'torch':
-        import torch
-        x = torch.tensor(array, requires_grad=True)
-        fn(x).sum().backward()
-        return x.grad.numpy()
-    raise NotImplementedError('gradients on backend %s' % BACKEND)
-
-
 # ---------------------------------------------------------------- saved full models
 SERIALIZABLE_PACKAGE = 'capsnet'
 
@@ -215,7 +127,7 @@ def serializable(cls):
     keras.models.load_model reads a full model holding it, without custom_objects. Keras 3:
     keras.saving.register_keras_serializable, saved as 'capsnet>Name' (safe mode allows
     registered classes: nothing in the file is executed); keras 2.2.4: the global custom
-    objects, by class name, except a class named as a built-in layer (Conv2D below): that name
+    objects, by class name, except a class named as a built-in layer (convolution.Conv2D): that name
     loads the built-in, which on 2.2.4 is the same layer."""
     if KERAS3:
         return keras.saving.register_keras_serializable(package=SERIALIZABLE_PACKAGE)(cls)
@@ -390,19 +302,8 @@ def pack_batch(inputs, targets):
     return list(inputs), list(targets)
 
 
-def check_tensorboard():
-    """UserError unless the TensorBoard callback can run: Keras 3 writes its logs with
-    tf.summary, which needs the tensorboard package (and tensorflow, whatever the backend);
-    keras 2.2.4 writes them with TensorFlow alone, but they are read with tensorboard. Checked
-    before the data are loaded: it would fail once training starts (TBNotInstalledError)."""
-    missing = [p for p in ('tensorboard', 'tensorflow') if not backends.installed(p)]
-    if missing:
-        raise UserError('--debug writes TensorBoard logs, and %s is not installed: pip install %s'
-                        % (' or '.join(missing), ' '.join(missing)))
-
-
 def tensorboard(log_dir, batch_size):
-    """TensorBoard callback with weight histograms (check_tensorboard first)."""
+    """TensorBoard callback with weight histograms (runsetup.check_tensorboard first)."""
     if KERAS3:
         return callbacks.TensorBoard(log_dir=log_dir, histogram_freq=1)
     return callbacks.TensorBoard(log_dir=log_dir, batch_size=batch_size, histogram_freq=1)
@@ -456,178 +357,6 @@ def set_precision(name):
                             'policies)' % (name, keras.__version__))
         return
     keras.mixed_precision.set_global_policy(PRECISIONS[name])
-
-
-# ---------------------------------------------------------------- XLA (--xla)
-XLA_MODES = ('auto', 'on')
-
-
-def xla_compile_options(mode, seeded=False, distributed=False, testing=False):
-    """model.compile keyword arguments for --xla: 'auto' -> {} (Keras decides: on TensorFlow
-    XLA on GPUs only, JAX always compiles with XLA, PyTorch runs eagerly); 'on' -> the
-    TensorFlow train and validation steps compiled with XLA (jit_compile=True), which Keras'
-    auto leaves off on CPU-only machines although the paper's CapsNet trains faster with it
-    there in float32 (and the other models slower: README, Speed).
-    A UserError where 'on' cannot hold: with TensorFlow's deterministic ops (seeded: --seed;
-    Keras then turns XLA off), under tf.distribute (distributed; Keras' auto never combines
-    them and it is not tested here), on PyTorch (jit_compile is torch.compile there) and on
-    keras 2.2.4 (no XLA), and with testing (-t: nothing is compiled for training).
-    JAX: {} (every step is already an XLA program)."""
-    if mode not in XLA_MODES:
-        raise UserError('unknown --xla %r (choose from %s)' % (mode, ', '.join(XLA_MODES)))
-    if mode == 'auto':
-        return {}
-    if testing:
-        raise UserError('--xla on compiles the training steps; it does nothing with -t')
-    if KERAS3 and BACKEND == 'jax':
-        return {}
-    if not (KERAS3 and BACKEND == 'tensorflow'):
-        raise UserError('--xla on needs Keras 3 with the tensorflow (or jax) backend; this is '
-                        'keras %s with %s' % (keras.__version__, BACKEND))
-    if seeded:
-        raise UserError('--xla on and --seed: Keras turns XLA off while TensorFlow\'s '
-                        'deterministic ops (what --seed switches on) are on; drop one of them')
-    if distributed:
-        raise UserError('--xla on is for training on one device (not with --multi_gpu or '
-                        'TF_CONFIG)')
-    return {'jit_compile': True}
-
-
-def check_xla(model, options):
-    """After model.compile(**options): a UserError if XLA was asked for (options from
-    xla_compile_options) but Keras turned it off (it warns and goes on without it, e.g. when
-    TensorFlow's op determinism was switched on earlier in this process)."""
-    if options.get('jit_compile') and not model.jit_compile:
-        raise UserError('--xla on: Keras compiled this model without XLA (TensorFlow\'s '
-                        'deterministic ops are on in this process)')
-
-
-# ---------------------------------------------------------------- strided convolution
-if KERAS3:
-    def stack(tensors, axis):
-        return _ops.stack(tensors, axis=axis)
-else:
-    def stack(tensors, axis):
-        return _K.stack(tensors, axis=axis)
-
-
-def patches_conv(x, kernel, strides):
-    """The 'valid' convolution of x with kernel at stride s, computed as one matrix product
-    over the image patches it reads (im2col): the same numbers.
-
-    x: [batch, H, W, C]; kernel: [k0, k1, C, F]; strides: (s0, s1) -> [batch, H', W', F],
-    H' = (H - k0) // s0 + 1. Why: XLA's CPU backend computes the input gradient of a strided
-    convolution as a dilated convolution, ~70x slower than the forward pass; here the input
-    gradient is slices added back and the products are plain dots, which XLA does well
-    (README, Speed: measured against a stride-1 space-to-depth rewrite too).
-    """
-    (s0, s1), (k0, k1) = strides, int_shape(kernel)[:2]
-    h, w = int_shape(x)[1:3]
-    out0, out1 = (h - k0) // s0 + 1, (w - k1) // s1 + 1
-    # [batch, out0, k0, W, C]: the k0 rows read by each output row
-    rows = stack([x[:, s0 * p:s0 * p + k0] for p in range(out0)], 1)
-    # [batch, out0, out1, k0, k1, C]: the patch read by each output pixel
-    patches = stack([rows[:, :, :, s1 * q:s1 * q + k1] for q in range(out1)], 2)
-    return einsum('bpqijc,ijcf->bpqf', patches, kernel)
-
-
-def _fold_taps(dy, kernel, in_shape, strides):
-    """The input gradient of the 'valid' convolution of an input of in_shape (H, W, C) with
-    kernel at strides, given dy: one [batch*P*Q, F] x [F, C] product per kernel tap, each added
-    into the s0*s1 interleaved planes of the input (a tap (r + s0*m, t + s1*n) feeds plane
-    (r, t) shifted by (m, n)), then the planes interleaved back (depth_to_space).
-
-    dy: [batch, P, Q, F]; kernel: [k0, k1, C, F] -> [batch, H, W, C]. Same numbers as the
-    transposed convolution, in a different order of additions.
-    """
-    import tensorflow as tf
-    (s0, s1), (k0, k1) = strides, int_shape(kernel)[:2]
-    (h, w, c), (p, q) = in_shape, int_shape(dy)[1:3]
-    hp, wp = -(-h // s0), -(-w // s1)  # each plane's size; the input is cropped to h, w after
-    rows = tf.reshape(dy, [-1, int_shape(dy)[3]])
-    planes = []
-    for r in range(s0):
-        for t in range(s1):
-            plane = None
-            for m in range(-(-(k0 - r) // s0)):
-                # the taps of kernel row r + s0*m: each a product, shifted along the width
-                row = [tf.pad(tf.reshape(tf.matmul(rows, kernel[r + s0 * m, t + s1 * n],
-                                                   transpose_b=True), [-1, p, q, c]),
-                              [[0, 0], [0, 0], [n, wp - q - n], [0, 0]])
-                       for n in range(-(-(k1 - t) // s1))]
-                if row:  # then shifted along the height: summed a row at a time (memory)
-                    row = tf.pad(tf.add_n(row), [[0, 0], [m, hp - p - m], [0, 0], [0, 0]])
-                    plane = row if plane is None else plane + row
-            # a plane no tap reaches (kernel smaller than the stride) gets no gradient
-            planes.append(plane if plane is not None else
-                          tf.zeros(tf.stack([tf.shape(dy)[0], hp, wp, c]), dy.dtype))
-    # [batch, hp, wp, s0 * s1, C] -> [batch, hp, s0, wp, s1, C]: input row a * s0 + r is row a
-    # of the planes (r, .), and likewise for the columns
-    full = tf.reshape(tf.stack(planes, 3), [-1, hp, wp, s0, s1, c])
-    full = tf.reshape(tf.transpose(full, [0, 1, 3, 2, 4, 5]), [-1, hp * s0, wp * s1, c])
-    return full[:, :h, :w]
-
-
-def _tf_strided_conv(x, kernel, strides):
-    """tf.nn.conv2d(x, kernel, strides, 'VALID') whose input gradient is `_fold_taps`: for the
-    primary capsules' shapes on a 2-core AVX-512 CPU, forward + both gradients took 538 ms
-    with TensorFlow's own (Conv2DBackpropInput), 453 ms with the per-tap products (README, Speed).
-
-    x: [batch, H, W, C]; kernel: [k0, k1, C, F] -> [batch, P, Q, F]."""
-    import tensorflow as tf
-    s0, s1 = strides
-
-    @tf.custom_gradient
-    def conv(x, kernel):
-        def grad(dy):
-            dx = _fold_taps(dy, kernel, int_shape(x)[1:], strides)
-            dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
-                                                 out_backprop=dy, strides=[1, s0, s1, 1],
-                                                 padding='VALID')
-            return dx, dk
-        return tf.nn.conv2d(x, kernel, [1, s0, s1, 1], 'VALID'), grad
-    return conv(x, tf.convert_to_tensor(kernel))
-
-
-# TensorFlow's 'fold' path pays only on wide convolutions: forward + both gradients, one thread,
-# stride 2, tf.function: 9x9x256x256 on [100, 20, 20, 256] 1,600 ms fold vs 1,621 plain (2 threads:
-# 453 vs 538 ms); 9x9x128x128 342 vs 341 ms; 9x9x64x64 122 vs 88 ms; Efficient-CapsNet's
-# 3x3x64x128 on [16, 20, 20, 64] 10.1 vs 9.1 ms; and its 81 per-tap products add ~0.7-1 s to
-# every trace (what the tests' tiny models pay per training run). So: input x output channels
-# of at least this many
-FOLD_MIN_CHANNELS = 128 * 256
-
-
-def _strided_path():
-    """Which rewrite of strided 'valid' convolutions this backend trains faster with: 'patches'
-    (JAX on the CPU), 'fold' (TensorFlow on the CPU), or None (the plain op: GPUs, torch)."""
-    if BACKEND == 'jax':
-        import jax
-        return 'patches' if jax.default_backend() == 'cpu' else None
-    if BACKEND == 'tensorflow' and KERAS3:
-        import tensorflow as tf
-        return None if tf.config.list_logical_devices('GPU') else 'fold'
-    return None
-
-
-@serializable
-class Conv2D(layers.Conv2D):
-    """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
-    and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on
-    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
-    kernel, bias), same class name, so weights files written with either class load into both."""
-
-    def convolution_op(self, inputs, kernel):
-        if (tuple(self.strides) != (1, 1) and self.padding == 'valid'
-                and self.data_format == 'channels_last' and tuple(self.dilation_rate) == (1, 1)
-                and getattr(self, 'groups', 1) == 1):
-            path = _strided_path()
-            if path == 'patches':
-                return patches_conv(inputs, kernel, tuple(self.strides))
-            channels, filters = int_shape(kernel)[2:]
-            if path == 'fold' and channels * filters >= FOLD_MIN_CHANNELS:
-                return _tf_strided_conv(inputs, kernel, tuple(self.strides))
-        return super(Conv2D, self).convolution_op(inputs, kernel)
 
 
 # ---------------------------------------------------------------- optimizer state (resume)
@@ -715,7 +444,7 @@ def _tf_devices(n_devices):
 
 def distribution_scope(n_devices, batch_size, worker=None):
     """Context manager for data-parallel training on n_devices devices (0 or 1: none), or on
-    every worker of a TF_CONFIG cluster (worker: this process's multi_worker_task()).
+    every worker of a TF_CONFIG cluster (worker: this process's runsetup.multi_worker_task()).
 
     Build, compile, train and evaluate the model inside it; it yields `parallel(model)`,
     the model to compile and fit (the model itself except on keras 2.2.4). Each step's
@@ -786,41 +515,6 @@ def _yielding(scope, value):
 
 
 # ---------------------------------------------------------------- several machines (TF_CONFIG)
-WorkerTask = collections.namedtuple('WorkerTask', 'type index chief workers address peers')
-
-
-def multi_worker_task():
-    """This process's task in the cluster that TF_CONFIG describes: WorkerTask(type, index,
-    chief, workers: how many chief and worker tasks the cluster has, address: its host:port,
-    peers: {'worker 1': 'host:port', ...} the other chief and worker tasks), or None when
-    TF_CONFIG is unset or empty. The chief (the task of type 'chief', else worker 0) is the
-    one that writes --save_dir; TensorFlow's own format:
-    {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}.
-    Every address must be host:port with a port 1..65535 (cluster.parse_address)."""
-    raw = os.environ.get('TF_CONFIG', '').strip()
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-        cluster, task = config['cluster'], config['task']
-        kind, index = task['type'], int(task['index'])
-        cluster[kind][index]  # this task is one of the cluster's
-        if index < 0:
-            raise IndexError('negative index')
-        workers = sum(len(cluster.get(k, ())) for k in ('chief', 'worker'))
-        tasks = {'%s %d' % (k, i): a for k in sorted(cluster) for i, a in enumerate(cluster[k])}
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise UserError('TF_CONFIG does not describe this worker in a cluster (%s: %s); '
-                        'expected {"cluster": {"worker": ["host:port", ...]}, "task": '
-                        '{"type": "worker", "index": N}}' % (type(e).__name__, e))
-    for name, address in sorted(tasks.items()):
-        parse_cluster_address(address, name)
-    own = '%s %d' % (kind, index)
-    peers = {n: a for n, a in tasks.items() if n != own and n.split()[0] in ('chief', 'worker')}
-    chief = kind == 'chief' or ('chief' not in cluster and kind == 'worker' and index == 0)
-    return WorkerTask(kind, index, chief, workers, tasks[own], peers)
-
-
 def _multi_worker_strategy():
     """tf.distribute.MultiWorkerMirroredStrategy, mended for Keras 3's fit (keras-team/keras
     #20585, open): fit reduces a nest of per-replica values (its first batch, to build the
@@ -876,37 +570,6 @@ def out_of_memory(error):
         return isinstance(error, torch.OutOfMemoryError) or (
             isinstance(error, RuntimeError) and 'not enough memory' in str(error))
     return False
-
-
-def out_of_memory_error(message):
-    """An instance of the backend's out-of-memory error (what `out_of_memory` recognises),
-    for tests that simulate running out of memory."""
-    if BACKEND == 'tensorflow':
-        import tensorflow as tf
-        return tf.errors.ResourceExhaustedError(None, None, message)
-    if BACKEND == 'jax':
-        from jax.errors import JaxRuntimeError
-        return JaxRuntimeError('RESOURCE_EXHAUSTED: %s' % message)
-    if BACKEND == 'torch':
-        import torch
-        return torch.OutOfMemoryError(message)
-    return MemoryError(message)
-
-
-@contextlib.contextmanager
-def out_of_memory_hint(doing, sizes):
-    """Turns the backend's out-of-memory error (out_of_memory) inside the block into
-    one UserError line naming the sizes to lower: a raw one is a long traceback that says
-    which tensor, not which flag."""
-    try:
-        yield
-    except Exception as e:
-        if not out_of_memory(e):
-            raise
-        if not sizes:  # --model efficient: its sizes are fixed
-            raise UserError('out of memory while %s: no flag makes it smaller; use a machine '
-                            'with more memory' % doing)
-        raise UserError('out of memory while %s: lower %s' % (doing, ' or '.join(sizes)))
 
 
 # ---------------------------------------------------------------- CPU threads

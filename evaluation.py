@@ -164,27 +164,27 @@ def logged_epochs(log_path, column):
     return last, best
 
 
-def held_out_report(model, template, test_data, batch_size, save_dir, monitor, info):
+def held_out_report(model, template, test_data, batch_size, folder, monitor, info):
     """--validation_split: the test set's loss and accuracy, measured once each for the last
     epoch's weights (in `model` now) and for best_model.h5 (the epoch chosen on the held-out
-    images), written to <save_dir>/test_results.json (atomically). Leaves best_model.h5's
+    images), written to the RunFolder's test_results.json (atomically). Leaves best_model.h5's
     weights in the model.
 
     model: the compiled training model; template: the model whose weights the .h5 files hold
     (the same, unless keras 2.2.4's multi_gpu_model); test_data: (inputs, targets) as Keras'
     validation data; monitor: the val_ column of the accuracy; info: more keys to record."""
     accuracy_key = monitor[len('val_'):]
-    last, best = logged_epochs(os.path.join(save_dir, 'log.csv'), monitor)
+    last, best = logged_epochs(folder.log, monitor)
     log = C.evaluate_logs(model, test_data[0], test_data[1], batch_size)
     results = dict(info, monitor=monitor, epoch=last, test_accuracy=log[accuracy_key],
                    test_loss=log['loss'])
-    best_path = os.path.join(save_dir, 'best_model.h5')
+    best_path = folder.best
     if best is not None and os.path.isfile(best_path):
         load_weights_h5(template, best_path)
         log = C.evaluate_logs(model, test_data[0], test_data[1], batch_size)
         results['best_model'] = {'epoch': best[0], 'val_accuracy': best[1],
                                  'test_accuracy': log[accuracy_key], 'test_loss': log['loss']}
-    path = os.path.join(save_dir, 'test_results.json')
+    path = folder.test_results
     with atomic_write(path) as tmp:
         with open(tmp, 'w') as f:
             json.dump(results, f, indent=2, sort_keys=True)

@@ -26,7 +26,7 @@ import compat as C
 import capsulenet
 import export_weights
 import utils
-from safeio import UserError, atomic_write
+from safeio import UserError, atomic_write, run_cli
 
 EXTENSION = '.keras' if C.KERAS3 else '.h5'
 CHECK_IMAGES = 100  # MNIST test images the reloaded model is compared on
@@ -105,22 +105,16 @@ def main(argv=None):
                    help='model option key=value, e.g. routings=3 (repeatable)')
     p.add_argument('--data_dir', default=None, help='MNIST idx files (default data/mnist)')
     args = p.parse_args(argv)
-    try:
+
+    def body():
         check_options(args.model, dict(args.option))
         C.configure_threads()
         result = export(args.model, args.weights, args.out, dict(args.option), args.data_dir)
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permissions, ... while writing
-        print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
-              file=sys.stderr)
-        return 2
-    print('wrote %s (%s bytes); loaded back with keras.models.load_model, its capsule lengths '
-          'differ from those of %s by at most %.1g on %d MNIST test images'
-          % (args.out, format(result['bytes'], ','), args.weights,
-             result['max_length_difference'], CHECK_IMAGES))
-    return 0
+        print('wrote %s (%s bytes); loaded back with keras.models.load_model, its capsule '
+              'lengths differ from those of %s by at most %.1g on %d MNIST test images'
+              % (args.out, format(result['bytes'], ','), args.weights,
+                 result['max_length_difference'], CHECK_IMAGES))
+    return run_cli(body)
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ import capsulenet
 import evaluation
 import h5weights
 import utils
-from safeio import OneLineParser, UserError, atomic_write
+from safeio import OneLineParser, UserError, atomic_write, run_cli
 from viewer import model_options
 
 FIRST = 500  # the test images a CI test classifies with the shipped file
@@ -194,15 +194,13 @@ def main(argv=None):
                         '--validation_split run) or "best test epoch" (best_model.h5 of a run '
                         'validated on the test set: its test accuracy is optimistic)')
     args = p.parse_args(argv)
-    try:
+
+    def body():
         entry = export(args.model, args.weights, args.out, dict(args.option), args.log,
                        args.data_dir, args.note, args.selected)
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
-    print(json.dumps(entry, indent=2, sort_keys=True))
-    print('%s: selected by %s' % (args.out, entry['selected']))
-    return 0
+        print(json.dumps(entry, indent=2, sort_keys=True))
+        print('%s: selected by %s' % (args.out, entry['selected']))
+    return run_cli(body)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ import evaluation
 import export_model
 import export_weights
 import utils
-from safeio import UserError
+from safeio import UserError, run_cli
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHIPPED = {'capsnet': 'capsnet_r3.h5', 'efficient': 'efficient_capsnet.h5'}  # in pretrained/
@@ -206,19 +206,13 @@ def main(argv=None):
     p.add_argument('--recon_dir', default=None,
                    help='write <name>_recon.png here per image: input as seen, reconstruction')
     args = p.parse_args(argv)
-    try:
+
+    def body():
         export_model.check_options(args.model, dict(args.option))
         C.configure_threads()
         predict(args.images, args.model, args.weights, dict(args.option), args.invert,
                 args.recon_dir)
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
-    except OSError as e:  # --recon_dir not writable, disk full, ...
-        print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
-              file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(body)
 
 
 if __name__ == '__main__':

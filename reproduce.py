@@ -7,8 +7,8 @@ import shutil
 
 import compat as C
 import paper
-import training
 import utils
+from runfolder import RunFolder
 from safeio import UserError, atomic_write
 
 # the flags that each configuration sets (paper.TABLE1): the command line refuses them
@@ -16,8 +16,9 @@ SETS = ('routings', 'lam_recon')
 
 
 def _finished(config_dir, epochs):
-    log = os.path.join(config_dir, 'log.csv')
-    if not (os.path.isfile(log) and os.path.isfile(os.path.join(config_dir, 'trained_model.h5'))):
+    folder = RunFolder(config_dir)
+    log = folder.log
+    if not (os.path.isfile(log) and os.path.isfile(folder.trained)):
         return False
     with open(log, errors='replace') as f:  # a damaged log: --resume says what is wrong
         return sum(1 for _ in f) - 1 >= epochs
@@ -35,7 +36,7 @@ def reproduce_table1(run, save_dir='./result', epochs=50, weights=None, **option
     if options.get('model', 'capsnet') != 'capsnet':
         raise UserError('--reproduce table1 trains --model capsnet')
     root = os.path.join(save_dir, 'table1')
-    training.prepare_save_dir(root)
+    RunFolder(root).prepare()
     logs = []
     for name, (_, routings, lam_recon, _) in paper.TABLE1.items():
         config_dir = os.path.join(root, name)
@@ -50,7 +51,7 @@ def reproduce_table1(run, save_dir='./result', epochs=50, weights=None, **option
                        overwrite=weights is not None and options.get('overwrite', False)))
         logs.append(os.path.join(root, '%s_%dep.csv' % (name, epochs)))
         with atomic_write(logs[-1]) as tmp:  # never through a link: the link is replaced
-            shutil.copyfile(os.path.join(config_dir, 'log.csv'), tmp)
+            shutil.copyfile(RunFolder(config_dir).log, tmp)
     table = utils.results_table(logs)
     if options.get('validation_split'):  # the logs' val_ columns are not the test set then
         table += ('\n\nWith --validation_split %d the figures above are the held-out validation '

@@ -5,6 +5,7 @@ one `error:` line, never a traceback (one_line: any message made one line). OneL
 argparse whose bad flags are such a line too (every command line's parser). atomic_write: write
 a temp file, rename it over the target; remove_stale_temps: clear the temp files of writers that
 were killed mid-write.
+run_cli: every command line's body runs in it (one `error:` line, exit codes 0 / 2 / 130);
 interrupt_is_one_line: Ctrl-C or a UserError before a command line's own handler runs gives one
 line too.
 """
@@ -117,3 +118,26 @@ def interrupt_is_one_line():
         # own UserErrors, so one that gets here comes from start-up, before anything is written
         os._exit(130 if interrupted else 2)
     sys.excepthook = hook
+
+
+def run_cli(body):
+    """Runs a command line's body() (its work once the flags are parsed) -> the exit code:
+    body's own (None: 0); a UserError (data_errors.DataError too) or an OSError (disk full,
+    permissions, ... while writing outputs) is one `error: ...` line on stderr and 2; Ctrl-C
+    (KeyboardInterrupt) is one line and 130: the exception's advice() where it has one
+    (training.Interrupted: continue with --resume), else `error: interrupted`."""
+    try:
+        code = body()
+    except UserError as e:
+        print('error: %s' % e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print('error: %s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        # on a line of its own: Ctrl-C mostly lands in the middle of a progress bar
+        advice = e.advice() if hasattr(e, 'advice') else 'error: interrupted'
+        print('\n' + advice, file=sys.stderr)
+        return 130
+    return 0 if code is None else code

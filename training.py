@@ -4,12 +4,12 @@ train() takes a compiled model and ready batches and runs the epochs with the ca
 repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 / optimizer-XX.npz checkpoints
 (the newest --keep_checkpoints pairs), best_model.h5, trained_model.h5 and log.png at the end.
 Batches depend on (seed, epoch, index) only, so runs are reproducible with any --workers.
+The names of --save_dir's files, its checkpoints and an earlier run there: runfolder.RunFolder.
 """
 import atexit
 import csv
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,7 +25,8 @@ import smallnorb
 import utils
 from compat import callbacks
 from h5weights import save_weights_h5, load_weights_h5
-from safeio import UserError, atomic_write, remove_stale_temps
+from runfolder import RunFolder
+from safeio import UserError, atomic_write
 
 
 # ---------------------------------------------------------------- batches
@@ -196,9 +197,9 @@ class WeightsCheckpoint(callbacks.Callback):
     new pair is on disk whole, so a crash at any moment leaves at least `keep` good pairs.
     """
 
-    def __init__(self, save_dir, nan_guard=None, template=None, keep=0):
+    def __init__(self, folder, nan_guard=None, template=None, keep=0):
         super(WeightsCheckpoint, self).__init__()
-        self.save_dir = save_dir
+        self.folder = folder  # a RunFolder
         self.nan_guard = nan_guard
         self.template = template  # the single-device model behind a multi_gpu_model
         self.keep = keep
@@ -208,23 +209,10 @@ class WeightsCheckpoint(callbacks.Callback):
             return
         state = C.get_optimizer_state(self.model)
         if state is not None:
-            save_arrays_npz(state, os.path.join(self.save_dir, 'optimizer-%02d.npz' % (epoch + 1)))
-        save_weights_h5(self.template or self.model,
-                          os.path.join(self.save_dir, 'weights-%02d.h5' % (epoch + 1)))
+            save_arrays_npz(state, self.folder.optimizer(epoch + 1))
+        save_weights_h5(self.template or self.model, self.folder.weights(epoch + 1))
         if self.keep > 0:
-            prune_checkpoints(self.save_dir, epoch + 1, self.keep)
-
-
-def prune_checkpoints(save_dir, newest, keep):
-    """Removes the weights-XX.h5 / optimizer-XX.npz pairs of epochs <= newest except the
-    `keep` newest of them. Files of later epochs (a run resumed from an older checkpoint)
-    are left alone: they are overwritten as training reaches them."""
-    done = [epoch for epoch, _ in checkpoints(save_dir) if epoch <= newest]
-    for epoch in done[keep:]:
-        for name in ('weights-%02d.h5' % epoch, 'optimizer-%02d.npz' % epoch):
-            path = os.path.join(save_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
+            self.folder.prune_checkpoints(epoch + 1, self.keep)
 
 
 class BestWeights(callbacks.Callback):
@@ -318,20 +306,9 @@ class StopAtAccuracy(callbacks.Callback):
 
 
 # ---------------------------------------------------------------- checkpoints and --resume
-def prepare_save_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError('cannot create --save_dir %s: %s' % (path, e.strerror or e))
-    if not os.access(path, os.W_OK):
-        raise UserError('--save_dir %s is not writable' % path)
-    for name in remove_stale_temps(path):
-        print('note: removed %s, left by a process that died while writing it' % name)
-
-
 def worker_save_dir(save_dir, task, resume):
     """The folder this process writes: save_dir, unless it is a non-chief worker of a
-    multi-worker run (task: compat.WorkerTask, None when alone). Such a worker writes to a
+    multi-worker run (task: runsetup.WorkerTask, None when alone). Such a worker writes to a
     temporary folder, removed at exit, so that only the chief writes --save_dir (several
     writers would tear its files; TensorFlow's advice); with resume the folder starts as a
     copy of --save_dir's files, so every worker resumes from the same checkpoint."""
@@ -348,94 +325,34 @@ def worker_save_dir(save_dir, task, resume):
     return temp
 
 
-def checkpoints(save_dir):
-    """[(epoch, path)] of the weights-XX.h5 files in save_dir, newest first."""
-    found = []
-    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
-        match = re.match(r'^weights-(\d+)\.h5$', name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(save_dir, name)))
-    return sorted(found, reverse=True)
-
-
-def latest_checkpoint(save_dir):
-    """(epoch, path) of the newest weights-XX.h5 in save_dir, or None."""
-    found = checkpoints(save_dir)
-    return found[0] if found else None
-
-
-# the files a training run leaves in its --save_dir (log.png and the figures aside)
-RUN_FILES = re.compile(r'^(log\.csv|trained_model\.h5|best_model\.h5|weights-\d+\.h5|'
-                       r'optimizer-\d+\.npz|validation_split\.json|test_results\.json)$')
-# the other files a run writes there: log.png, and evaluation.py's figures and results
-REPORT_FILES = re.compile(r'^([^/]+\.png|affnist_results\.json)$')
-
-
-def refuse_links(save_dir, testing=False):
-    """UserError when a file this run may write in save_dir (REPORT_FILES; training: RUN_FILES
-    too) is a symbolic link: CSVLogger writes log.csv in place, so a link would make the run
-    truncate and rewrite a file outside --save_dir. Refused, not replaced: whoever made the
-    link meant something by it; nothing is written through one."""
-    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
-    for name in sorted(names):
-        path = os.path.join(save_dir, name)
-        ours = REPORT_FILES.match(name) or (not testing and RUN_FILES.match(name))
-        if ours and os.path.islink(path):
-            raise UserError('%s is a symbolic link (to %s): a run writes its files in --save_dir '
-                            'itself, never through a link; replace the link by a copy of its '
-                            'target, or choose another --save_dir' % (path, os.readlink(path)))
-
-
-def _log_is_empty(log_path):
-    """Whether log.csv holds nothing but maybe CSVLogger's header (`epoch,...`): what a run
-    stopped in its first epoch leaves, no earlier run. Anything else, even a damaged row or
-    binary data, is one."""
-    with open(log_path, 'rb') as f:
-        lines = [line for line in f.read(1 << 16).splitlines() if line.strip()]
-    return not lines or (len(lines) == 1 and re.match(br'^epoch(,|$)', lines[0]) is not None)
-
-
-def earlier_run(save_dir):
-    """Sorted names of the files of an earlier training run in save_dir (RUN_FILES; a log.csv
-    that is empty or holds its header only does not count)."""
-    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
-    found = sorted(n for n in names if RUN_FILES.match(n))
-    log_path = os.path.join(save_dir, 'log.csv')
-    if 'log.csv' in found and os.path.isfile(log_path) and _log_is_empty(log_path):
-        found.remove('log.csv')
-    if found == [SPLIT_FILE]:  # written as a run starts: alone, it is a run stopped at once
-        found = []
-    return found
-
-
 def _shown(names):
     return ', '.join(names[:3]) + (', ...' if len(names) > 3 else '')
 
 
-def refuse_earlier_run(save_dir, overwrite=False):
+def refuse_earlier_run(folder, overwrite=False):
     """A fresh run must not destroy an earlier run's log.csv and checkpoints (CSVLogger would
     truncate the log at once, beside the old weights): UserError unless overwrite."""
-    found = earlier_run(save_dir)
+    found = folder.earlier_run()
     if found and not overwrite:
         raise UserError('--save_dir %s holds an earlier run (%s): continue it with --resume, '
                         'replace it with --overwrite, or choose another --save_dir'
-                        % (save_dir, _shown(found)))
+                        % (folder.path, _shown(found)))
 
 
-def check_resumable(save_dir, monitor):
-    """--resume, before the data are loaded: UserError when save_dir holds an earlier run but no
-    checkpoint to continue it from (a fresh run would replace it), or a log.csv that lacks
-    the columns of this run (`monitor`: its validation accuracy column). An empty save_dir,
-    or one with an empty log.csv only, is fine: training starts at epoch 1."""
-    if not checkpoints(save_dir):
-        found = earlier_run(save_dir)
+def check_resumable(folder, monitor):
+    """--resume, before the data are loaded: UserError when `folder` (a RunFolder) holds an
+    earlier run but no checkpoint to continue it from (a fresh run would replace it), or a
+    log.csv that lacks the columns of this run (`monitor`: its validation accuracy column). An
+    empty folder, or one with an empty log.csv only, is fine: training starts at epoch 1."""
+    if not folder.checkpoints():
+        found = folder.earlier_run()
         if found:
             raise UserError('--resume: --save_dir %s holds an earlier run (%s) but no checkpoint '
                             '(weights-XX.h5) to continue it from: start afresh with --overwrite '
                             'instead of --resume, or choose another --save_dir'
-                            % (save_dir, _shown(found)))
+                            % (folder.path, _shown(found)))
         return
-    log_path = os.path.join(save_dir, 'log.csv')
+    log_path = folder.log
     lines = _log_lines(log_path) if os.path.isfile(log_path) else []
     if not lines:
         return  # CSVLogger writes the header
@@ -449,22 +366,14 @@ def check_resumable(save_dir, monitor):
                                                                ','.join(header)))
 
 
-def remove_earlier_run(save_dir):
-    """--overwrite: removes the earlier run's files (RUN_FILES), so that no old checkpoint of a
-    later epoch is mistaken for this run's by a later --resume. Called only once the data
-    and the model are ready, so that bad input leaves the earlier run whole."""
-    for name in earlier_run(save_dir):
-        os.remove(os.path.join(save_dir, name))
-
-
-def resume_weights(model, save_dir, epochs=None):
-    """Loads the newest loadable weights-XX.h5 of save_dir into model; returns XX (the
+def resume_weights(model, folder, epochs=None):
+    """Loads the newest loadable weights-XX.h5 of the RunFolder into model; returns XX (the
     number of epochs done), 0 when there is none (a note: training starts at epoch 1). A
     damaged newest file is reported and skipped once (the one before it is tried); when no
     checkpoint tried loads, UserError naming each and why (another architecture: the model
     flags differ from the run's): --resume never starts afresh over an earlier run. A newest
     file past `epochs` (the run's --epochs) is an error naming it: resuming would train nothing."""
-    found = checkpoints(save_dir)
+    found = folder.checkpoints()
     if found and epochs is not None and found[0][0] > epochs:
         raise UserError('%s says the run is already past --epochs %d (%d epochs done): raise '
                         '--epochs, or remove that file if it is stray' % (found[0][1], epochs,
@@ -483,17 +392,14 @@ def resume_weights(model, save_dir, epochs=None):
     if failed:
         raise UserError('--resume: no checkpoint in %s loads (%s): give the flags of the run it '
                         'continues (--model, architecture), or start afresh with --overwrite '
-                        'instead of --resume' % (save_dir, '; '.join(failed)))
-    print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % save_dir)
+                        'instead of --resume' % (folder.path, '; '.join(failed)))
+    print('note: no checkpoint (weights-XX.h5) in %s: training from epoch 1' % folder.path)
     return 0
 
 
-SPLIT_FILE = 'validation_split.json'
-
-
-def _recorded_split(save_dir):
-    """The --validation_split recorded in save_dir (None: no record, an older run's folder)."""
-    path = os.path.join(save_dir, SPLIT_FILE)
+def _recorded_split(folder):
+    """The --validation_split recorded in the RunFolder (None: no record, an older run's)."""
+    path = folder.split
     if not os.path.isfile(path):
         return None
     try:
@@ -504,22 +410,22 @@ def _recorded_split(save_dir):
                         'validated on the test set' % (path, e))
 
 
-def check_validation_split(save_dir, n):
+def check_validation_split(folder, n):
     """--resume must validate as the run it continues did: its log's val_ columns and
     best_model.h5 compare epochs on one set. UserError when the recorded split differs
     (a folder without a record: a run that validated on the test set, 0)."""
-    recorded = _recorded_split(save_dir)
+    recorded = _recorded_split(folder)
     recorded = 0 if recorded is None else recorded
     if recorded != n:
         raise UserError('--validation_split %d, but the run in %s was started with %d: resume '
-                        'it with --validation_split %d' % (n, save_dir, recorded, recorded))
+                        'it with --validation_split %d' % (n, folder.path, recorded, recorded))
 
 
-def record_validation_split(save_dir, n, train_images):
-    """Writes save_dir/validation_split.json (atomically): the split --resume checks. Nothing
+def record_validation_split(folder, n, train_images):
+    """Writes the RunFolder's validation_split.json (atomically): the split --resume checks. Nothing
     for n = 0, the default (a stale file of a run stopped before its first epoch is removed): a
     folder without the file validated on the test set."""
-    path = os.path.join(save_dir, SPLIT_FILE)
+    path = folder.split
     if not n:
         if os.path.isfile(path) and not os.path.islink(path):
             os.remove(path)
@@ -541,7 +447,7 @@ class Interrupted(KeyboardInterrupt):
     def advice(self):
         if self.testing:
             return 'error: interrupted'
-        if checkpoints(self.save_dir):
+        if RunFolder(self.save_dir).checkpoints():
             return 'error: interrupted; continue with --resume (same --save_dir)'
         return ('note: interrupted before the first checkpoint (weights-01.h5): nothing was '
                 'saved; run the same command again to start afresh')
@@ -653,10 +559,10 @@ def scheduled_lr(epoch, lr, lr_decay, lr_min=0.):
     return max(lr_min or 0., lr * (lr_decay ** epoch))
 
 
-def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
+def train(model, batches, validation_data, folder, epochs, schedule, monitor,
           initial_epoch=0, template=None, keep_checkpoints=2, extra_callbacks=()):
     """Fits the compiled `model` on `batches` (a Sequence with `workers_wanted`); writes to
-    save_dir: log.csv, checkpoints, best_model.h5, then trained_model.h5 and log.png.
+    the RunFolder `folder`: log.csv, checkpoints, best_model.h5, then trained_model.h5 and log.png.
 
     schedule(epoch) -> learning rate; monitor: the log column of the validation accuracy
     (best_model.h5 follows it). initial_epoch > 0 (--resume, weights already loaded): the
@@ -666,19 +572,19 @@ def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
     differ under keras 2.2.4's multi_gpu_model). Raises UserError when the loss goes NaN.
     """
     template = template or model
-    log_path = os.path.join(save_dir, 'log.csv')
+    log_path = folder.log
     log = callbacks.CSVLogger(log_path)
     if initial_epoch > 0:
-        restore_optimizer(model, os.path.join(save_dir, 'optimizer-%02d.npz' % initial_epoch))
+        restore_optimizer(model, folder.optimizer(initial_epoch))
         log = AppendingLog(log_path, trim_log(log_path, initial_epoch))
     nan_guard = NaNGuard()
-    best_path = os.path.join(save_dir, 'best_model.h5')
+    best_path = folder.best
     best = logged_best(log_path, monitor) if initial_epoch > 0 and os.path.isfile(best_path) else None
     cbs = [callbacks.LearningRateScheduler(schedule),
            EpochStats(),
            nan_guard,
            log,
-           WeightsCheckpoint(save_dir, nan_guard, template, keep=keep_checkpoints),
+           WeightsCheckpoint(folder, nan_guard, template, keep=keep_checkpoints),
            BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
     if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)
         cbs.append(BatchesEpoch(batches))
@@ -689,11 +595,11 @@ def train(model, batches, validation_data, save_dir, epochs, schedule, monitor,
           validation_data=validation_data, workers=batches.workers_wanted)
     if nan_guard.where is not None:
         epoch, batch = nan_guard.where
-        last = latest_checkpoint(save_dir)
+        last = folder.latest_checkpoint()
         raise UserError('loss became NaN/Inf in epoch %d (batch %d); training stopped, '
                         'trained_model.h5 not written; last good checkpoint: %s'
                         % (epoch + 1, batch, os.path.basename(last[1]) if last else 'none'))
-    weights_path = os.path.join(save_dir, 'trained_model.h5')
+    weights_path = folder.trained
     save_weights_h5(template, weights_path)
     print('Trained model saved to %s' % weights_path)
-    utils.plot_log(log_path, os.path.join(save_dir, 'log.png'))
+    utils.plot_log(log_path, folder.log_figure)

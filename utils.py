@@ -4,7 +4,7 @@
                                        # test error per epoch, log scale, one line per config
     python utils.py table CSV_data/*.csv   # the paper's Table 1 beside ours: last epoch,
                                            # last-5 mean ± std, epochs, best (test-selected)
-    python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
+The perturbation viewer is its own command: python viewer.py -w result/trained_model.h5
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
     import safeio
@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 
 from paper import TABLE1, TABLE1_CNN
-from safeio import OneLineParser, UserError, atomic_write
+from safeio import OneLineParser, UserError, atomic_write, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MNIST_DIR = os.path.join(HERE, 'data', 'mnist')
@@ -490,9 +490,6 @@ def results_table(csv_paths):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ['perturb']:
-        import viewer  # only here: the viewer needs Keras, plot and table must not load it
-        return viewer.main(argv[1:])
     parser = OneLineParser(description='Plots for CapsNet training logs.')
     sub = parser.add_subparsers(dest='command')
     plot = sub.add_parser('plot', help='plot one or several Keras CSVLogger log files')
@@ -502,22 +499,20 @@ def main(argv=None):
                                          "paper's Table 1, from CSV logs")
     table.add_argument('csv', nargs='+', help='log files named <config>[_suffix].csv, e.g. '
                                               'capsnet_r3_recon_50ep.csv')
-    sub.add_parser('perturb', add_help=False,
-                   help='interactive capsule-dimension perturbation viewer (matplotlib); '
-                        'see python utils.py perturb -h')
+    if argv[:1] == ['perturb']:  # the viewer's command before it was its own
+        parser.error('the perturbation viewer is its own command now: python viewer.py %s'
+                     % ' '.join(argv[1:]))
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.command == 'plot':
             plot_log(args.csv, args.out)
             print('wrote %s' % args.out)
         elif args.command == 'table':
             print(results_table(args.csv))
         else:
-            parser.error('choose a command: plot, table or perturb (see python utils.py -h)')
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
-    return 0
+            parser.error('choose a command: plot or table (see python utils.py -h)')
+    return run_cli(body)
 
 
 # ---------------------------------------------------------------- Efficient-CapsNet augmentation

@@ -1,7 +1,7 @@
 """The capsule-dimension perturbation viewer: move one capsule's dimensions, watch the decoder.
 
-    python utils.py perturb -w result/trained_model.h5 [--model efficient] [--index 3]
-    python viewer.py -w result/trained_model.h5 --out viewer.png   # the same, headless
+    python viewer.py -w result/trained_model.h5 [--model efficient] [--index 3]
+    python viewer.py -w result/trained_model.h5 --out viewer.png   # headless: save the figure
 
 Without a display (SSH, a server: matplotlib falls back to Agg) and without --out, the command
 stops at once with one `error:` line saying to use --out, rather than showing nothing.
@@ -20,7 +20,7 @@ import numpy as np
 import capsulenet
 import compat as C
 from h5weights import load_weights_h5
-from safeio import OneLineParser, UserError
+from safeio import OneLineParser, UserError, run_cli
 from utils import load_mnist, save_figure
 
 
@@ -224,7 +224,7 @@ def build_viewer(weights, model='capsnet', index=0, data_dir=None, test_samples=
 
 def build_parser():
     perturb = OneLineParser(
-        prog='utils.py perturb', description='interactive capsule-dimension perturbation viewer '
+        prog='viewer.py', description='interactive capsule-dimension perturbation viewer '
         '(matplotlib); further capsulenet.py architecture flags are passed through')
     perturb.add_argument('-w', '--weights', required=True, help='trained weights .h5')
     perturb.add_argument('--model', default='capsnet', choices=['capsnet', 'efficient'],
@@ -274,13 +274,9 @@ def can_show():
 
 
 def main(argv=None):
-    """`python utils.py perturb ...`: an `error:` line and exit code 2 on bad input."""
+    """`python viewer.py ...`: an `error:` line and exit code 2 on bad input (safeio.run_cli)."""
     args, model_args = build_parser().parse_known_args(argv)
-    try:
-        return perturb_command(args, model_options(args.model, model_args))
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
+    return run_cli(lambda: perturb_command(args, model_options(args.model, model_args)))
 
 
 def perturb_command(args, options):

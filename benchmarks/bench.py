@@ -38,7 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from safeio import UserError, atomic_write  # noqa: E402 (no Keras: the parent stays light)
+from safeio import UserError, atomic_write, run_cli  # noqa: E402 (no Keras: the parent stays light)
 
 # the Keras 3 backends this repository runs on (keras 2.2.4: tensorflow)
 BACKENDS = ('tensorflow', 'jax', 'torch')
@@ -48,14 +48,15 @@ BACKENDS = ('tensorflow', 'jax', 'torch')
 def naive_capsule_layer_class():
     """CapsuleLayer with û and routing written the way the seed repo does it."""
     import compat as C
+    import tensors
     from capsulelayers import CapsuleLayer, squash
 
     class NaiveCapsuleLayer(CapsuleLayer):
         def predictions(self, inputs):
             # [batch, out, in_num, d_in]: the inputs copied once per output capsule
-            tiled = C.tile(C.expand_dims(inputs, 1), (1, self.num_capsule, 1, 1))
+            tiled = tensors.tile(C.expand_dims(inputs, 1), (1, self.num_capsule, 1, 1))
             # per sample: keras-2.2.4 batch_dot(x [out,in,d_in], W [out,in,d_out,d_in], [2, 3])
-            return C.map_fn(lambda x: C.einsum('jik,jiok->jio', x, self.W), tiled)
+            return tensors.map_fn(lambda x: C.einsum('jik,jiok->jio', x, self.W), tiled)
 
         def route(self, u_hat):
             b = C.zeros_like(u_hat[:, :, :, 0])
@@ -251,20 +252,20 @@ def compare_training_step(model, routings, x, y, steps, warmup, arch=None):
 
 def compare_routing(routings, batch_size, steps, warmup):
     """Times ours vs the naive routing layer (forward + backward) on identical weights."""
-    import compat as C
+    from tensors import evaluate, gradient_of_sum
     from capsulelayers import CapsuleLayer
     rng = np.random.RandomState(0)
     u = (rng.normal(size=(batch_size, 1152, 8)) * 0.1).astype('float32')
     ours = CapsuleLayer(10, 16, routings)
     naive = naive_capsule_layer_class()(10, 16, routings)
-    C.evaluate(ours, u)
-    C.evaluate(naive, u)
+    evaluate(ours, u)
+    evaluate(naive, u)
     naive.set_weights(ours.get_weights())
-    diff = float(np.abs(C.evaluate(ours, u) - C.evaluate(naive, u)).max())
+    diff = float(np.abs(evaluate(ours, u) - evaluate(naive, u)).max())
     out = {'max_abs_diff': diff}
     for name, layer in [('ours', ours), ('naive', naive)]:
         out[name + '_ms'] = 1000 * median_seconds(
-            lambda: C.gradient_of_sum(layer, u), steps, warmup)
+            lambda: gradient_of_sum(layer, u), steps, warmup)
     return out
 
 
@@ -467,6 +468,7 @@ def validated(args):
         os.environ['KERAS_BACKEND'] = backends[0]
     import compat as C
     import capsulenet
+    import runsetup
     for flag, low in (('batch_size', 1), ('steps', 1), ('warmup', 0), ('matmul_size', 1)):
         if getattr(args, flag) < low:
             raise UserError('--%s %d: expected >= %d' % (flag, getattr(args, flag), low))
@@ -487,7 +489,7 @@ def validated(args):
     return [(backend, model, routings, precision, xla) for backend in backends
             for model in models for routings in items(args.routings, 'routings', kind=int, low=1)
             for precision in items(args.precision, 'precision', list(C.PRECISIONS))
-            for xla in items(args.xla, 'xla', list(C.XLA_MODES))]
+            for xla in items(args.xla, 'xla', list(runsetup.XLA_MODES))]
 
 
 def main(argv=None):
@@ -524,16 +526,15 @@ def main(argv=None):
     p.add_argument('--out', default=None, help='also write the markdown table to this file')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--model', default='capsnet', help=argparse.SUPPRESS)
-    try:
+
+    def body():
         args = p.parse_args(argv)
         arch = parse_arch(args.arch)
         if args.worker:
             args.routings = int(args.routings)
             return run_worker(args, arch)
         return run_parent(args, validated(args))
-    except UserError as e:
-        print('error: %s' % e, file=sys.stderr)
-        return 2
+    return run_cli(body)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ random tensors of the shapes and dtypes it has in the step (the bench's batch), 
 --steps calls after max(--warmup, 1) (tracing):
 - each Conv2D: the convolution's forward, its input gradient (none for a layer reading the
   image: the step does not compute it) and its kernel gradient, each alone in the compute
-  dtype through the layer's own convolution_op (so compat.Conv2D's per-tap input gradient
+  dtype through the layer's own convolution_op (so convolution.Conv2D's per-tap input gradient
   where the step uses it), then its bias + activation (forward + backward);
 - the capsule layer (CapsuleLayer): its transform u_hat = W u and its routing, each forward +
   backward; every other layer (a nested model, the decoder, as one) forward + backward with
@@ -44,7 +44,7 @@ def profile(model, inputs, targets, steps, warmup, step_s, matmul_gflops):
             continue
         specs = input_specs(layer, model)
         mine = [r for r in flops if r[0] == layer.name or r[0].startswith(layer.name + '/')]
-        if isinstance(layer, C.layers.Conv2D):  # compat.Conv2D too
+        if isinstance(layer, C.layers.Conv2D):  # convolution.Conv2D too
             timed += conv_parts(layer, specs[0], timer, mine[0][2] if mine else None)
             casts += conv_casts(layer, specs[0])
         elif isinstance(layer, CapsuleLayer):

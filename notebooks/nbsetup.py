@@ -195,7 +195,7 @@ def show(path, width=None):
 
 def show_figure(figure):
     """Shows a matplotlib figure inline as a PNG, whatever matplotlib backend is active
-    (the repo's plotting switches to Agg, where figures do not show themselves)."""
+    (the repo's plotting draws on figures of its own, not pyplot's: they do not show themselves)."""
     from IPython.display import Image, display
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png')

@@ -1,4 +1,4 @@
-"""Shared set-up: repo root (ROOT) on sys.path, quiet TensorFlow, headless matplotlib, JAX's
+"""Shared set-up: repo root (ROOT) and benchmarks/ on sys.path, quiet TensorFlow, headless matplotlib, JAX's
 compilation cache, the slowest test files collected first.
 
 The test markers (stack, train_cli, backend_state, end_to_end) are registered in pytest.ini;
@@ -17,8 +17,10 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+# the repo's modules, then benchmarks/ (bench.py, tensors.py: numpy in and out on any backend)
+for path in (os.path.join(ROOT, 'benchmarks'), ROOT):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 import pytest  # noqa: E402
 

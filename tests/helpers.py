@@ -108,3 +108,19 @@ def fake_mnist(folder, n_train=20, n_test=10, gz=True, style=0, **overrides):
         kwargs = dict(overrides.get(key, {}))
         write_idx(os.path.join(folder, name), kwargs.pop('array', array), gz=gz, **kwargs)
     return arrays
+
+
+def out_of_memory_error(message):
+    """An instance of the backend's out-of-memory error (what compat.out_of_memory recognises),
+    for tests that simulate running out of memory."""
+    from compat import BACKEND
+    if BACKEND == 'tensorflow':
+        import tensorflow as tf
+        return tf.errors.ResourceExhaustedError(None, None, message)
+    if BACKEND == 'jax':
+        from jax.errors import JaxRuntimeError
+        return JaxRuntimeError('RESOURCE_EXHAUSTED: %s' % message)
+    if BACKEND == 'torch':
+        import torch
+        return torch.OutOfMemoryError(message)
+    return MemoryError(message)

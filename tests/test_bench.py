@@ -14,6 +14,7 @@ from helpers import assert_one_error_line, run_main, run_script
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 import bench  # noqa: E402
+from tensors import evaluate  # noqa: E402
 
 
 def test_naive_routing_matches_ours_and_differs_with_other_weights():
@@ -22,12 +23,12 @@ def test_naive_routing_matches_ours_and_differs_with_other_weights():
     u = rng.normal(size=(3, 20, 8)).astype('float32')
     ours = CapsuleLayer(4, 6, 3)
     naive = bench.naive_capsule_layer_class()(4, 6, 3)
-    C.evaluate(ours, u)
-    C.evaluate(naive, u)
+    evaluate(ours, u)
+    evaluate(naive, u)
     naive.set_weights(ours.get_weights())
-    np.testing.assert_allclose(C.evaluate(ours, u), C.evaluate(naive, u), atol=1e-6)
+    np.testing.assert_allclose(evaluate(ours, u), evaluate(naive, u), atol=1e-6)
     naive.set_weights([ours.get_weights()[0] * 1.5])
-    assert np.abs(C.evaluate(ours, u) - C.evaluate(naive, u)).max() > 1e-3
+    assert np.abs(evaluate(ours, u) - evaluate(naive, u)).max() > 1e-3
 
 
 # a tiny CapsNet: the smoke test times the script's path, not the paper model (~6 s less)

@@ -13,6 +13,7 @@ import h5weights  # noqa: E402
 import capsulenet
 import helpers
 import training
+from runfolder import RunFolder
 
 # routing 1: checkpoint files and resume, not routing, are checked here (~0.3 s less a run)
 TINY = helpers.TINY_FLAGS + ['--batch_size', '50', '--seed', '0', '--routings', '1']
@@ -64,7 +65,7 @@ def test_prune_leaves_later_epochs_alone(tmp_path):
     for epoch in (1, 2, 3, 7):
         for name in ('weights-%02d.h5', 'optimizer-%02d.npz'):
             (tmp_path / (name % epoch)).write_bytes(b'x')
-    training.prune_checkpoints(str(tmp_path), 3, 1)
+    RunFolder(str(tmp_path)).prune_checkpoints(3, 1)
     assert sorted(os.listdir(str(tmp_path))) == ['optimizer-03.npz', 'optimizer-07.npz',
                                                  'weights-03.h5', 'weights-07.h5']
 

@@ -12,6 +12,7 @@ import training
 import utils
 from capsulelayers import FCCaps, efficient_squash
 from helpers import accuracy_from, assert_image, run_main
+from tensors import evaluate, gradient_of_sum
 
 pytestmark = pytest.mark.stack
 
@@ -42,13 +43,13 @@ def np_fccaps(u, W, b):
 # ---------------------------------------------------------------- layers
 def test_efficient_squash_hand_values():
     s = np.array([[3., 4.], [0., 0.], [1e-3, 0.], [-30., 0.]], dtype='float32')
-    v = C.evaluate(efficient_squash, s)
+    v = evaluate(efficient_squash, s)
     np.testing.assert_allclose(v[0], (1 - np.exp(-5.)) * np.array([0.6, 0.8]), rtol=1e-5)
     assert np.all(v[1] == 0)
     np.testing.assert_allclose(v[2], [1 - np.exp(-1e-3), 0.], rtol=1e-3)
     np.testing.assert_allclose(v[3], [-1., 0.], atol=1e-6)
     np.testing.assert_allclose(v, np_efficient_squash(s.astype('float64')), atol=1e-6)
-    grad = C.gradient_of_sum(efficient_squash, np.zeros((2, 8), dtype='float32'))
+    grad = gradient_of_sum(efficient_squash, np.zeros((2, 8), dtype='float32'))
     assert np.all(np.isfinite(grad))
 
 
@@ -56,18 +57,18 @@ def test_fccaps_routing_matches_numpy_formula():
     rng = np.random.RandomState(0)
     u = rng.normal(size=(3, 5, 4)).astype('float32') * 0.5
     layer = FCCaps(num_capsule=3, dim_capsule=6)
-    C.evaluate(layer, u)  # builds it
+    evaluate(layer, u)  # builds it
     W = rng.normal(size=(3, 5, 4, 6)).astype('float32') * 0.5
     b = rng.normal(size=(3, 5, 1)).astype('float32') * 0.3
     layer.set_weights([W, b])
-    v = C.evaluate(layer, u)
+    v = evaluate(layer, u)
     assert v.shape == (3, 3, 6)
     np.testing.assert_allclose(v, np_fccaps(u.astype('float64'), W, b), rtol=1e-4, atol=1e-5)
 
 
 def test_fccaps_weights_and_config():
     layer = FCCaps(10, 16)
-    C.evaluate(layer, np.zeros((1, 16, 8), dtype='float32'))
+    evaluate(layer, np.zeros((1, 16, 8), dtype='float32'))
     shapes = sorted(tuple(w.shape) for w in layer.get_weights())
     assert shapes == [(10, 16, 1), (10, 16, 8, 16)]
     assert np.all(layer.get_weights()[1] == 0)  # the log-prior starts at zero

@@ -4,7 +4,9 @@ import pytest
 
 import compat as C
 import capsulelayers as CL
+import convolution
 from capsulenet import margin_loss
+from tensors import evaluate, gradient_of_sum
 
 pytestmark = pytest.mark.stack
 
@@ -34,7 +36,7 @@ def np_routing(u, W, routings):
 
 def test_squash_hand_values():
     s = np.array([[3., 4.], [0., 0.], [0.1, 0.]], dtype='float32')
-    v = C.evaluate(CL.squash, s)
+    v = evaluate(CL.squash, s)
     np.testing.assert_allclose(v[0], 25. / 26. * np.array([0.6, 0.8]), rtol=1e-6)
     np.testing.assert_allclose(v[1], [0., 0.], atol=0)
     np.testing.assert_allclose(v[2], [0.01 / 1.01, 0.], rtol=1e-5)
@@ -42,21 +44,21 @@ def test_squash_hand_values():
 
 def test_length_hand_values():
     caps = np.array([[[3., 4.], [0., 0.]]], dtype='float32')
-    lengths = C.evaluate(lambda x: CL.Length()(x), caps)
+    lengths = evaluate(lambda x: CL.Length()(x), caps)
     np.testing.assert_allclose(lengths, [[5., 0.]], atol=1e-6)
 
 
 @pytest.mark.parametrize('fn', [CL.squash, lambda x: CL.Length()(x)], ids=['squash', 'Length'])
 def test_gradient_finite_at_zero_vector(fn):
     x = np.zeros((2, 3, 8), dtype='float32')
-    grad = C.gradient_of_sum(fn, x)
+    grad = gradient_of_sum(fn, x)
     assert np.all(np.isfinite(grad))
 
 
 def test_length_gradient_does_not_vanish_for_tiny_capsules():
     # initial digit capsules are ~1e-7 long: d|v|/dv must stay a unit vector there
     x = np.full((1, 1, 16), 2.5e-8, dtype='float32')
-    grad = C.gradient_of_sum(lambda t: CL.Length()(t), x)
+    grad = gradient_of_sum(lambda t: CL.Length()(t), x)
     np.testing.assert_allclose(np.linalg.norm(grad), 1.0, rtol=1e-3)
 
 
@@ -65,7 +67,7 @@ def test_margin_loss_hand_values():
     y_pred = np.array([[0.8, 0.3, 0.05], [0.95, 0.5, 0.2]], dtype='float32')
     # sample 1: (0.9-0.8)^2 + 0.5*(0.3-0.1)^2 = 0.01 + 0.02 = 0.03
     # sample 2: 0.5*(0.95-0.1)^2 + 0.5*(0.2-0.1)^2 + (0.9-0.5)^2 = 0.36125 + 0.005 + 0.16
-    loss = C.evaluate(margin_loss, y_true, y_pred)
+    loss = evaluate(margin_loss, y_true, y_pred)
     np.testing.assert_allclose(loss, [0.03, 0.52625], rtol=1e-5)
 
 
@@ -74,10 +76,10 @@ def test_capsule_layer_matches_numpy_procedure1(routings):
     rng = np.random.RandomState(routings)
     u = rng.normal(size=(4, 12, 8)).astype('float32') * 0.5
     layer = CL.CapsuleLayer(num_capsule=5, dim_capsule=6, routings=routings)
-    v = C.evaluate(layer, u)          # builds the layer on first call
+    v = evaluate(layer, u)          # builds the layer on first call
     W = rng.normal(size=(5, 12, 6, 8)).astype('float32') * 0.3
     layer.set_weights([W])
-    v = C.evaluate(layer, u)
+    v = evaluate(layer, u)
     np.testing.assert_allclose(v, np_routing(u.astype('float64'), W.astype('float64'), routings),
                                atol=1e-5)
 
@@ -86,11 +88,11 @@ def test_batch_dot_rank3_forms():
     rng = np.random.RandomState(0)
     x = rng.normal(size=(3, 4, 5)).astype('float32')
     y = rng.normal(size=(3, 5, 6)).astype('float32')
-    np.testing.assert_allclose(C.evaluate(lambda a, b: C.batch_dot(a, b, (2, 1)), x, y),
+    np.testing.assert_allclose(evaluate(lambda a, b: C.batch_dot(a, b, (2, 1)), x, y),
                                np.einsum('bnk,bkm->bnm', x, y), rtol=1e-5, atol=1e-5)
     xt = np.transpose(x, (0, 2, 1)).copy()
     yt = np.transpose(y, (0, 2, 1)).copy()
-    np.testing.assert_allclose(C.evaluate(lambda a, b: C.batch_dot(a, b, (1, 2)), xt, yt),
+    np.testing.assert_allclose(evaluate(lambda a, b: C.batch_dot(a, b, (1, 2)), xt, yt),
                                np.einsum('bnk,bkm->bnm', x, y), rtol=1e-5, atol=1e-5)
 
 
@@ -100,10 +102,10 @@ def test_mask_by_label_and_by_longest():
     caps[0, 2] = [0.1, 0.]
     caps[1, 0] = [0.5, 0.]
     caps[1, 2] = [0., 0.9]
-    longest = C.evaluate(lambda c: CL.Mask()(c), caps)
+    longest = evaluate(lambda c: CL.Mask()(c), caps)
     np.testing.assert_allclose(longest, [[0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0.9]])
     label = np.array([[0, 0, 1], [1, 0, 0]], dtype='float32')
-    by_label = C.evaluate(lambda c, y: CL.Mask()([c, y]), caps, label)
+    by_label = evaluate(lambda c, y: CL.Mask()([c, y]), caps, label)
     np.testing.assert_allclose(by_label, [[0, 0, 0, 0, 0.1, 0], [0.5, 0, 0, 0, 0, 0]])
 
 
@@ -159,9 +161,9 @@ def test_patches_conv_equals_the_strided_conv(size, kernel, strides):
     rng = np.random.RandomState(0)
     x = rng.randn(2, size[0], size[1], 3).astype('float32')
     w = rng.randn(kernel[0], kernel[1], 3, 4).astype('float32')
-    got = C.evaluate(lambda a, b: C.patches_conv(a, b, strides), x, w)
+    got = evaluate(lambda a, b: convolution.patches_conv(a, b, strides), x, w)
     np.testing.assert_allclose(got, np_conv(x, w, strides), rtol=1e-4, atol=1e-4)
-    grad = C.gradient_of_sum(lambda a: C.patches_conv(a, _const(w), strides), x)
+    grad = gradient_of_sum(lambda a: convolution.patches_conv(a, _const(w), strides), x)
     np.testing.assert_allclose(grad, np_conv_gradients(x, w, strides)[0], rtol=1e-4, atol=1e-4)
 
 
@@ -177,7 +179,7 @@ def test_folded_input_gradient_equals_the_strided_conv(size, kernel, strides):
     xt, wt = tf.constant(x), tf.constant(w)
     with tf.GradientTape() as tape:
         tape.watch([xt, wt])
-        y = C._tf_strided_conv(xt, wt, strides)
+        y = convolution._tf_strided_conv(xt, wt, strides)
         g = rng.randn(*y.shape).astype('float32')
         total = tf.reduce_sum(y * g)
     dx, dw = tape.gradient(total, [xt, wt])
@@ -196,16 +198,16 @@ def _const(array):
 
 
 def test_primary_capsule_conv_layer_equals_plain_conv2d(monkeypatch):
-    """C.Conv2D (patches_conv on JAX/CPU, the folded input gradient on TensorFlow/CPU) and
+    """convolution.Conv2D (patches_conv on JAX/CPU, the folded input gradient on TensorFlow/CPU) and
     keras' Conv2D give the same outputs and the same
     weights layout; this exercises the rewritten path inside a model (on TensorFlow with the
     width threshold lowered: these 8 -> 16 channels are below it)."""
-    monkeypatch.setattr(C, 'FOLD_MIN_CHANNELS', 0)
+    monkeypatch.setattr(convolution, 'FOLD_MIN_CHANNELS', 0)
     rng = np.random.RandomState(1)
     x = rng.rand(3, 20, 20, 8).astype('float32')
     weights = [rng.randn(9, 9, 8, 16).astype('float32') * 0.1, rng.randn(16).astype('float32')]
     outputs = []
-    for cls in (C.Conv2D, C.layers.Conv2D):
+    for cls in (convolution.Conv2D, C.layers.Conv2D):
         C.clear_session(free_memory=False)
         inputs = C.layers.Input(shape=(20, 20, 8))
         layer = cls(16, 9, strides=2, padding='valid', name='primarycap_conv2d')
@@ -223,10 +225,10 @@ def test_tf_folds_only_wide_strided_convolutions(monkeypatch, channels, filters,
     """The paper's primary-capsule convolution (256 -> 256 channels) takes the per-tap input
     gradient; narrow ones (the tests' tiny models, Efficient-CapsNet) the plain op."""
     calls = []
-    plain = C._tf_strided_conv
-    monkeypatch.setattr(C, '_tf_strided_conv', lambda *a: calls.append(1) or plain(*a))
-    monkeypatch.setattr(C, '_strided_path', lambda: 'fold')  # as on a CPU-only machine
+    plain = convolution._tf_strided_conv
+    monkeypatch.setattr(convolution, '_tf_strided_conv', lambda *a: calls.append(1) or plain(*a))
+    monkeypatch.setattr(convolution, '_strided_path', lambda: 'fold')  # as on a CPU-only machine
     C.clear_session(free_memory=False)
-    layer = C.Conv2D(filters, 9, strides=2, padding='valid')
+    layer = convolution.Conv2D(filters, 9, strides=2, padding='valid')
     out = layer(np.zeros((1, 9, 9, channels), 'float32'))
     assert tuple(out.shape) == (1, 1, 1, filters) and bool(calls) is folded

@@ -15,6 +15,7 @@ import pytest
 
 import compat as C
 import helpers
+import runsetup
 from conftest import ROOT
 
 KERAS3_TF = C.KERAS3 and C.BACKEND == 'tensorflow'
@@ -173,7 +174,7 @@ def test_killed_chief_ends_the_worker_with_one_line(tmp_path, data_dir):
 ])
 def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch, config, chief, workers):
     monkeypatch.setenv('TF_CONFIG', json.dumps(config))
-    task = C.multi_worker_task()
+    task = runsetup.multi_worker_task()
     assert task.chief is chief and task.workers == workers
 
 

@@ -1,5 +1,5 @@
 """The capsule-dimension perturbation viewer, headless (Agg): sliders, reset, image chooser,
-and the `python utils.py perturb` command."""
+and the `python viewer.py` command."""
 import matplotlib
 matplotlib.use('Agg')
 import numpy as np  # noqa: E402
@@ -9,7 +9,6 @@ import compat as C  # noqa: E402
 import h5weights  # noqa: E402
 import capsulenet  # noqa: E402
 import viewer as V  # noqa: E402
-import utils  # noqa: E402
 from helpers import MINI, assert_one_error_line, run_main, run_script  # noqa: E402
 
 pytestmark = pytest.mark.stack
@@ -79,8 +78,8 @@ def test_image_chooser_switches_input(viewer):
     viewer.figure.canvas.draw()
 
 
-def run_utils(*args):
-    proc = run_script('utils.py', *args, timeout=300)
+def run_viewer(*args):
+    proc = run_script('viewer.py', *args, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -92,13 +91,13 @@ def test_perturb_command_writes_figure(tmp_path, capsys):
     weights = str(tmp_path / 'w.h5')
     h5weights.save_weights_h5(model, weights)
     out = str(tmp_path / 'viewer.png')
-    code, stdout, err = run_utils('perturb', '-w', weights, '--index', '2', '--test_samples', '5',
-                                  '--out', out, *arch)
+    code, stdout, err = run_viewer('-w', weights, '--index', '2', '--test_samples', '5',
+                                   '--out', out, *arch)
     assert code == 0, err[-3000:]
     import matplotlib.image
     assert matplotlib.image.imread(out).std() > 0.01
     # bad input in this process: the subprocess above is the command's smoke test
-    code, stdout, err = run_main(capsys, 'perturb', '-w', str(tmp_path / 'missing.h5'),
-                                 '--out', out, main=utils.main)
+    code, stdout, err = run_main(capsys, '-w', str(tmp_path / 'missing.h5'),
+                                 '--out', out, main=V.main)
     assert code == 2
     assert_one_error_line(code, err, 'weights file not found')

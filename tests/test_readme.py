@@ -75,7 +75,7 @@ def test_every_python_command_is_run_or_skipped_with_a_reason():
     commands = python_commands()
     assert len(commands) >= 10, commands  # the extraction found the README's blocks
     runnable = [c for c in commands if _skip_reason(c) is None]
-    unknown = [c for c in runnable if not re.match(r'python (capsulenet|utils)\.py ', c)]
+    unknown = [c for c in runnable if not re.match(r'python (capsulenet|utils|viewer)\.py ', c)]
     assert not unknown, 'add these README commands to tests/test_readme.py: %s' % unknown
     stale = [s for s in SKIPPED if not any(c.startswith(s) for c in commands)]
     assert not stale, 'SKIPPED names commands the README no longer has: %s' % stale
@@ -97,7 +97,7 @@ def _substitute(argv, tmp):
             args += ['--test_samples', '100'] + (TINY_FLAGS if ours else [])
         else:
             args += ['--epochs', '1', '--train_samples', '100', '--test_samples', '50'] + TINY_FLAGS
-    if script == 'utils.py' and args[:1] == ['perturb']:
+    if script == 'viewer.py':
         args += ['--test_samples', '20']
     return script, args
 
@@ -105,8 +105,9 @@ def _substitute(argv, tmp):
 def test_readme_commands_run(tmp_path, capsys, monkeypatch):
     import capsulenet
     import utils
+    import viewer
     monkeypatch.chdir(ROOT)
-    mains = {'capsulenet.py': capsulenet.main, 'utils.py': utils.main}
+    mains = {'capsulenet.py': capsulenet.main, 'utils.py': utils.main, 'viewer.py': viewer.main}
     ran = []
     for command in python_commands():
         if _skip_reason(command) is not None:
@@ -123,7 +124,7 @@ def test_readme_commands_run(tmp_path, capsys, monkeypatch):
             assert os.listdir(args[args.index('--save_dir') + 1]), command
         if '--out' in args:
             assert os.path.isfile(args[args.index('--out') + 1]), command
-    assert any('-t -w pretrained/' in c for c in ran) and any('perturb' in c for c in ran), ran
+    assert any('-t -w pretrained/' in c for c in ran) and any('viewer.py' in c for c in ran), ran
 
 
 def test_summary_flag_prints_the_keras_summary(tmp_path, capsys):

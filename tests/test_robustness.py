@@ -34,6 +34,7 @@ import utils
 import helpers
 import training
 import viewer
+from runfolder import RunFolder
 from helpers import assert_one_error_line, idx_bytes, run_main
 
 pytestmark = pytest.mark.end_to_end
@@ -115,7 +116,7 @@ def test_sigkill_then_resume_logs_each_epoch_once(capsys, tmp_path, data_dir):
     proc.wait()
     proc.stderr.close()
     assert not os.path.exists(os.path.join(save_dir, 'trained_model.h5')), 'killed too late'
-    done = training.latest_checkpoint(save_dir)[0]
+    done = RunFolder(save_dir).latest_checkpoint()[0]
     assert 1 <= done <= 3
     # the resume in this process: only the kill needs a process of its own
     code, out, err = run_main(capsys, *(cmd[2:] + ['--resume']))
@@ -984,10 +985,11 @@ def test_bad_utils_input(capsys, tmp_path, case):
 
 
 # ---------------------------------------------------------------- the small entry points
-# utils.py, its perturb viewer and export_weights.py (issue 30, 12-14; issue 33, 5)
+# utils.py, viewer.py and export_weights.py (issue 30, 12-14; issue 33, 5)
 ARGV_CASES = {  # argparse's usage line + error line, before: one `error:` line now
     'utils_unknown_command': (utils.main, ['nonsense'], "invalid choice: 'nonsense'"),
-    'utils_no_command': (utils.main, [], 'choose a command: plot, table or perturb'),
+    'utils_no_command': (utils.main, [], 'choose a command: plot or table'),
+    'utils_perturb_moved': (utils.main, ['perturb', '-w', 'w.h5'], 'python viewer.py -w w.h5'),
     'utils_plot_without_logs': (utils.main, ['plot'], 'required: csv'),
     'export_without_arguments': (export_weights.main, [], 'required: -w/--weights, --out, --selected'),
     'export_option_without_value': (export_weights.main, ['-w', 'w.h5', '--out', 'o.h5',
@@ -1007,7 +1009,7 @@ def test_bad_arguments_are_one_line(capsys, case):
 
 def test_help_still_prints_usage(capsys):
     for main, argv in ((utils.main, ['-h']), (utils.main, ['plot', '-h']),
-                       (utils.main, ['perturb', '-h']), (export_weights.main, ['--help'])):
+                       (viewer.main, ['-h']), (export_weights.main, ['--help'])):
         code, out, err = run_main(capsys, *argv, main=main)
         assert code == 0 and out.startswith('usage:') and not err, (argv, out, err)
 
@@ -1075,7 +1077,7 @@ def test_bad_export_input(capsys, tmp_path, checkpoint, data_dir, case):
     assert snapshot(folder) == before  # the same bytes: checkpoint, old file and manifest
 
 
-# utils.py perturb (before: exit 0 having shown nothing; --epochs ignored without a word)
+# viewer.py (before: exit 0 having shown nothing; --epochs ignored without a word)
 PERTURB_CASES = {
     'no_display': ([], 'save the figure instead with --out viewer.png'),
     'flag_that_does_not_size_the_model': (['--out', 'OUT/viewer.png', '--epochs', '3'],
@@ -1087,9 +1089,9 @@ PERTURB_CASES = {
 def test_bad_perturb_input(capsys, tmp_path, checkpoint, data_dir, case):
     extra, message = PERTURB_CASES[case]
     extra = [a.replace('OUT', str(tmp_path)) for a in extra]
-    code, out, err = run_main(capsys, 'perturb', '-w', checkpoint, '--data_dir', data_dir,
+    code, out, err = run_main(capsys, '-w', checkpoint, '--data_dir', data_dir,
                               '--test_samples', '5', *(helpers.TINY_FLAGS + extra),
-                              main=utils.main)
+                              main=viewer.main)
     assert_one_error_line(code, err, message)
     assert os.listdir(str(tmp_path)) == []
 
@@ -1099,22 +1101,22 @@ def test_perturb_with_a_display_opens_the_window(capsys, monkeypatch, checkpoint
     shown = []
     monkeypatch.setattr(viewer, 'can_show', lambda: True)  # a display, as far as it can tell
     monkeypatch.setattr(plt, 'show', lambda *args, **kwargs: shown.append(plt.gcf()))
-    code, out, err = run_main(capsys, 'perturb', '-w', checkpoint, '--data_dir', data_dir,
-                              '--test_samples', '5', *helpers.TINY_FLAGS, main=utils.main)
+    code, out, err = run_main(capsys, '-w', checkpoint, '--data_dir', data_dir,
+                              '--test_samples', '5', *helpers.TINY_FLAGS, main=viewer.main)
     assert code == 0, err
     assert len(shown) == 1 and len(shown[0].axes) > 16  # the viewer: images, bars, sliders
 
 
 def _oom_while_building(monkeypatch):
     def builder(*args, **kwargs):
-        raise C.out_of_memory_error('OOM when allocating tensor with shape [9, 9, 1, 16]')
+        raise helpers.out_of_memory_error('OOM when allocating tensor with shape [9, 9, 1, 16]')
     spec = capsulenet.MODELS['capsnet']
     monkeypatch.setitem(capsulenet.MODELS, 'capsnet', spec._replace(builder=builder))
 
 
 def _oom_while_training(monkeypatch):
     def fit(*args, **kwargs):
-        raise C.out_of_memory_error('OOM when allocating tensor with shape [50, 1152, 10, 16]')
+        raise helpers.out_of_memory_error('OOM when allocating tensor with shape [50, 1152, 10, 16]')
     monkeypatch.setattr(C, 'fit', fit)
 
 
@@ -1193,7 +1195,7 @@ def test_sigint_in_training_says_what_to_do(capsys, tmp_path, data_dir, epoch):
         assert_one_error_line(result.returncode, result.stderr, 'interrupted; continue with '
                               '--resume (same --save_dir)')
         assert result.returncode == 130
-        assert training.latest_checkpoint(save_dir)[0] == 1
+        assert RunFolder(save_dir).latest_checkpoint()[0] == 1
         return
     assert result.returncode == 130, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr and 'error:' not in result.stderr
@@ -1219,7 +1221,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 NONSENSE = 'KERAS_BACKEND=nonsense is not a Keras backend this repo runs on'
 BACKEND_CASES = {
     'nonsense_capsulenet': ('nonsense', ['capsulenet.py', '--epochs', '1'], NONSENSE),
-    'nonsense_utils_perturb': ('nonsense', ['utils.py', 'perturb'], NONSENSE),
+    'nonsense_predict': ('nonsense', ['predict.py'], NONSENSE),
     'nonsense_viewer': ('nonsense', ['viewer.py'], NONSENSE),
     'nonsense_export_weights': ('nonsense', ['export_weights.py'], NONSENSE),
     'nonsense_bench': ('nonsense', ['benchmarks/bench.py'],

@@ -6,6 +6,7 @@ import pytest
 import compat as C
 import capsulenet
 import helpers
+import runsetup
 
 KERAS3_TF = C.KERAS3 and C.BACKEND == 'tensorflow'
 needs_tf = pytest.mark.skipif(not KERAS3_TF, reason='XLA through jit_compile: Keras 3 + TF')
@@ -80,7 +81,7 @@ def test_xla_where_it_cannot_hold_is_one_line(capsys, tmp_path, flags, message):
     if message is None:  # this stack accepts the flags: checked without training
         args = capsulenet.build_parser().parse_args(flags)
         seeded, distributed = args.seed is not None, args.multi_gpu > 1
-        options = C.xla_compile_options(args.xla, seeded, distributed, args.testing)
+        options = runsetup.xla_compile_options(args.xla, seeded, distributed, args.testing)
         assert options == ({'jit_compile': True} if KERAS3_TF else {})
         return
     code, _, err = helpers.run_main(capsys, *(flags + ['--save_dir', tmp_path / 'run',
