@@ -746,6 +746,10 @@ def build_parser():
 def main(argv=None):
     """The command line: flags -> keyword arguments of `run` / `reproduce_table1`; a
     UserError or OSError is one `error:` line and exit code 2, Ctrl-C 130 (safeio.run_cli)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if '--reproduce' in argv and {'-h', '--help'} & set(argv):  # its own help, not the generic
+        print(reproduce.help_text())
+        return 0
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None or k not in
                MODEL_FLAGS + datasets.ALL_DATASET_FLAGS + datasets.AUGMENT_FLAGS}

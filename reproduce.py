@@ -15,6 +15,28 @@ from safeio import UserError, atomic_write
 SETS = ('routings', 'lam_recon')
 
 
+
+def help_text():
+    """What `--reproduce table1 --help` prints: the configurations it trains, the flags it sets
+    itself, and where its results go (the generic --help says none of this)."""
+    rows = ['  %-20s routings %d, lam_recon %-5g  paper test error: %s' % (
+        name, r, lam, 'not in the paper' if error == '–' else error + ' %')
+        for name, (_, r, lam, error) in paper.TABLE1.items()]
+    return '\n'.join([
+        'usage: python capsulenet.py --reproduce table1 [--epochs N] [--save_dir DIR] [flags]',
+        '',
+        "Trains the paper's Table 1 CapsNet configurations in turn, each in",
+        'DIR/table1/<configuration>/ (default DIR: ./result), then writes DIR/table1/table1.md',
+        '(paper vs ours: the last epoch, the last-5 mean and std, the best epoch marked as',
+        'selected on the test set) and DIR/table1/table1.png. Re-run the same command after an',
+        'interruption: finished configurations are skipped, the current one resumes.',
+        '',
+        'Configurations:'] + rows + [
+        '',
+        'It sets --%s itself (refused if given). Other training flags' % ' and --'.join(SETS),
+        '(--epochs, --seed, --mixed_precision, --train_samples, --validation_split, ...) apply',
+        'to every configuration; see python capsulenet.py --help.'])
+
 def _finished(config_dir, epochs):
     folder = RunFolder(config_dir)
     log = folder.log

@@ -3,6 +3,8 @@ import os
 
 import pytest
 
+import capsulenet
+import paper
 import utils
 import helpers
 from helpers import run_main
@@ -104,3 +106,13 @@ def test_reproduce_table1_tiny(tmp_path, capsys):
     code, out, err = run_main(capsys, '--reproduce', 'table1', '--epochs', '1', '--save_dir',
                               str(tmp_path), *TINY)
     assert code == 0 and out.count('already trained') == 5
+
+
+def test_reproduce_help_is_its_own(capsys):
+    """`--reproduce table1 --help` says what it trains and which flags it sets (issue 33, 10),
+    not the generic help."""
+    assert capsulenet.main(['--reproduce', 'table1', '--help']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: python capsulenet.py --reproduce table1')
+    assert all(name in out for name in paper.TABLE1) and '--routings and --lam_recon' in out
+    assert '--conv1_filters' not in out  # the generic help lists every flag
