@@ -249,7 +249,10 @@ class AppendingLog(callbacks.CSVLogger):
 
     def on_epoch_end(self, epoch, logs=None):
         columns = ['epoch'] + sorted(logs or {})
-        if self.header and columns != self.header:
+        # an epoch stopped early (NaNGuard) has no val_ columns on keras 2.2.4: not a foreign
+        # log; the NaN's own error line follows
+        stopped = getattr(self.model, 'stop_training', False)
+        if self.header and columns != self.header and not stopped:
             raise UserError('%s has the columns %s, this run logs %s: nothing appended; move it '
                             'away to resume without it' % (self.filename, ','.join(self.header),
                                                            ','.join(columns)))
