@@ -74,7 +74,7 @@ def log_summary(log_path):
 
 
 # how a shipped file's epoch was chosen (manifest "selected"): only the first two leave its
-# test accuracy unbiased; a best-test-epoch file overstates it (issue 29)
+# test accuracy unbiased; a best-test-epoch file overstates it
 SELECTIONS = ('last epoch', 'held-out validation', 'best test epoch')
 
 

@@ -318,7 +318,7 @@ def _test_accuracy_column(frame):
 
 
 # |values| beyond this are not plotted: no training logs them before its NaN stop, and
-# matplotlib's tick maths overflows near 1e308 (issue 30: ValueError from np.arange)
+# matplotlib's tick maths overflows near 1e308 (a ValueError from np.arange)
 PLOT_LIMIT = 1e100
 
 
