@@ -85,7 +85,7 @@ def median_seconds(fn, steps, warmup):
 # ---------------------------------------------------------------- arithmetic: FLOPs, matmul rate
 # --matmul_size default: the limit a bench row is set against. On this repo's shared 2-core AMD
 # EPYC (busy, one thread) 1024/2048/4096 gave float32 16.6/18.2/22.2 and bf16 31.5/34.0/34.7
-# GFLOP/s: the largest is the highest (the strictest limit), the rate the speed figures in docs/speed.md are held to
+# GFLOP/s: the largest is the highest (the strictest limit), the rate docs/speed.md uses
 MATMUL_SIZE = 4096
 FLOP_RULE = ('FLOPs: the matrix products counted from the layer shapes (a multiply-add = 2), '
              'forward + backward, backward = 2x forward (input gradient + kernel gradient; '
