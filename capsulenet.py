@@ -33,6 +33,7 @@ import cifar10
 import compat as C
 import datasets
 import evaluation
+import modelcard
 import paper
 import reproduce
 import runsetup
@@ -498,6 +499,9 @@ def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing
                 if not resume:
                     folder.remove_earlier_run()  # none is there without --overwrite
                 training.record_validation_split(folder, validation_split, len(x_train))
+                # model.json: what the weights are, so predict.py / export_model.py rebuild it
+                modelcard.record(folder.model, model, dataset, x_test.shape[1:],
+                                 y_test.shape[1], options, data_dir)
                 training.train(fitted, batches, validation, folder, epochs,
                                lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
                                spec.monitor, initial_epoch, train_model, keep_checkpoints,

@@ -1,21 +1,25 @@
 """Writes a trained model as one full-model file that a plain keras.models.load_model reads.
 
     python export_model.py -w pretrained/capsnet_r3.h5 --out capsnet_r3.keras
-    python export_model.py --model efficient -w pretrained/efficient_capsnet.h5 \\
-        --out efficient_capsnet.keras
+    python export_model.py -w pretrained/efficient_capsnet.h5 --out efficient_capsnet.keras
+    python export_model.py -w result/trained_model.h5 --out my_model.keras  # any capsule run
 
-Then, anywhere the repo's modules are importable, on any backend:
+The model's shape (network, data set, input size, classes, options) comes from the model.json
+a training run writes beside its weights (modelcard.py; the shipped files: pretrained's
+manifest.json), else MNIST's; --model, --dataset, --input_shape, --n_class and --option
+override it. Then, anywhere the repo's modules are importable, on any backend:
 
     import capsulelayers, keras
     model = keras.models.load_model('capsnet_r3.keras')  # safe mode, no custom_objects
-    lengths, reconstruction = model.predict(images)       # [N, 28, 28, 1] in [0, 1]
+    lengths, reconstruction = model.predict(images)       # [N, H, W, C] in [0, 1]
 
-The file holds the test-time model (image -> [capsule lengths [N, 10], reconstruction of the
-longest capsule [N, 28, 28, 1]]) with float32 weights, no optimizer. Keras 3 writes a .keras
+The file holds the test-time model (image -> [capsule lengths [N, n_class], reconstruction of
+the longest capsule [N, H, W, C]]) with float32 weights, no optimizer. Keras 3 writes a .keras
 file; keras 2.2.4 a full-model .h5 (model.save). Its custom layers are registered serializable
 (compat.serializable), the models hold no Lambda, so loading executes nothing from the file.
 After writing, the file is loaded back that way and its capsule lengths compared with the
-weights file's on MNIST test images; the export fails if they differ.
+weights file's (on MNIST test images for a 28x28x1 model, else on seeded random images); the
+export fails if they differ.
 """
 import os
 import sys
@@ -24,28 +28,77 @@ import numpy as np
 
 import compat as C
 import capsulenet
+import datasets
 import export_weights
+import h5weights
+import modelcard
 import utils
 from safeio import UserError, atomic_write, run_cli
 
 EXTENSION = '.keras' if C.KERAS3 else '.h5'
-CHECK_IMAGES = 100  # MNIST test images the reloaded model is compared on
+CHECK_IMAGES = 100  # images the reloaded model is compared on
 TOLERANCE = 1e-5    # capsule lengths lie in [0, 1]; the same float32 ops give the same numbers
 
 
-def check_options(model, options):
-    """UserError for a --option key=value that is none of MODELS[model]'s flags."""
-    unknown = sorted(set(options) - set(capsulenet.MODELS[model].flags))
-    if unknown:
-        raise UserError('--option %s does not apply to --model %s (it takes %s)'
-                        % (unknown[0], model, ', '.join(capsulenet.MODELS[model].flags)))
+def check_card(card):
+    """card (modelcard.Card) with its options checked as capsulenet.py checks its flags;
+    UserError for a model that is no capsule model, an unknown data set or option."""
+    capsule = sorted(k for k, s in capsulenet.MODELS.items() if s.kind == 'capsule')
+    if card.model not in capsule:
+        raise UserError('--model %s%s: only capsule models (%s) have capsule lengths and a '
+                        'decoder to predict and export with' % (
+                            card.model, ' (from %s)' % card.source if card.source else '',
+                            ', '.join(capsule)))
+    if card.dataset not in datasets.DATASETS:
+        raise UserError('--dataset %s%s is none of %s' % (
+            card.dataset, ' (from %s)' % card.source if card.source else '',
+            ', '.join(sorted(datasets.DATASETS))))
+    return card._replace(options=export_weights.checked_options(card.model, card.options))
+
+
+def load_card(card, weights):
+    """The test-time model card (modelcard.Card) describes, the weights file loaded as `-t -w`
+    loads it (arrays only): image [N, H, W, C] -> [lengths [N, n_class], reconstruction of the
+    longest capsule [N, H, W, C] (MultiMNIST: and of the second longest)]. UserError when the
+    weights do not fit, saying where the model's shape came from. The card's options are
+    builder keywords, taken as they are (the command lines check_card them first)."""
+    C.clear_session()
+    train_model, eval_model, _ = capsulenet.build_models(
+        card.model, card.input_shape, card.n_class, card.dataset, **card.options)
+    try:
+        h5weights.load_weights_h5(train_model, weights)
+    except UserError as e:
+        if card.source is None and os.path.isfile(weights):
+            raise UserError('%s; it does not fit --model %s on %s images with %d classes, and '
+                            'no %s beside it records how it was built: give the flags it was '
+                            'trained with (--model, --dataset, --input_shape HxWxC, --n_class N, '
+                            '--option key=value)' % (e, card.model, shape_text(card.input_shape),
+                                                     card.n_class, modelcard.FILE))
+        if card.source is not None:
+            raise UserError('%s (the model built as %s says)' % (e, card.source))
+        raise
+    return eval_model
 
 
 def load_eval_model(model, options, weights):
-    """The test-time model of MODELS[model] sized for MNIST by options (builder keywords, e.g.
-    routings=3), the weights file loaded as `-t -w` loads it (arrays only): image
-    [N, 28, 28, 1] -> [lengths [N, 10], reconstruction [N, 28, 28, 1]]."""
-    return export_weights.load_models(model, options, weights)[1]
+    """load_card of MNIST's shape (28x28x1, 10 classes) for MODELS[model] sized by options
+    (builder keywords, e.g. routings=3)."""
+    return load_card(modelcard.MNIST._replace(model=model, options=dict(options)), weights)
+
+
+def shape_text(shape):
+    return 'x'.join(str(d) for d in shape)
+
+
+def check_images(card, data_dir=None):
+    """(images [CHECK_IMAGES, H, W, C] the exported model is compared on, what they are):
+    MNIST's first test images for a 28x28x1 model, else seeded uniform noise."""
+    if tuple(card.input_shape) == (28, 28, 1):
+        (_, _), (x, _) = utils.load_mnist(data_dir, train_samples=0, test_samples=CHECK_IMAGES)
+        return x, 'MNIST test images'
+    rng = np.random.RandomState(0)
+    x = rng.uniform(size=(CHECK_IMAGES,) + tuple(card.input_shape)).astype('float32')
+    return x, 'random %s images' % shape_text(card.input_shape)
 
 
 def lengths_of(eval_model, x):
@@ -80,12 +133,13 @@ def load_full_model(path):
     return C.keras.models.load_model(path)
 
 
-def export(model, weights, out, options=None, data_dir=None):
-    """The whole export; returns {'bytes': size of out, 'max_length_difference': the largest
-    |length from out - length from weights| over CHECK_IMAGES MNIST test images}."""
+def export(card, weights, out, data_dir=None):
+    """The whole export of the model card (modelcard.Card) describes; returns {'bytes': size
+    of out, 'max_length_difference': the largest |length from out - length from weights| over
+    check_images, 'images': what they are}."""
     check_out(out)  # before the seconds of building and loading
-    eval_model = load_eval_model(model, dict(options or {}), weights)
-    (_, _), (x, _) = utils.load_mnist(data_dir, train_samples=0, test_samples=CHECK_IMAGES)
+    eval_model = load_card(card, weights)
+    x, images = check_images(card, data_dir)
     expected = lengths_of(eval_model, x)
     save_full_model(eval_model, out)
     C.clear_session(free_memory=False)
@@ -93,27 +147,28 @@ def export(model, weights, out, options=None, data_dir=None):
     if not difference <= TOLERANCE:  # NaN fails too
         raise UserError('%s loads, but its capsule lengths differ from %s by up to %g'
                         % (out, weights, difference))
-    return {'bytes': os.path.getsize(out), 'max_length_difference': difference}
+    return {'bytes': os.path.getsize(out), 'max_length_difference': difference,
+            'images': '%d %s' % (len(x), images)}
 
 
 def main(argv=None):
     p = capsulenet.OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument('--model', default='capsnet', choices=['capsnet', 'efficient'])
     p.add_argument('-w', '--weights', required=True, help='the weights file (.h5) to export')
     p.add_argument('--out', required=True, help='the full-model file to write (%s)' % EXTENSION)
-    p.add_argument('--option', type=export_weights.parse_option, action='append', default=[],
-                   help='model option key=value, e.g. routings=3 (repeatable)')
-    p.add_argument('--data_dir', default=None, help='MNIST idx files (default data/mnist)')
+    modelcard.add_flags(p, ['capsnet', 'efficient'], sorted(datasets.DATASETS))
+    p.add_argument('--data_dir', default=None,
+                   help='MNIST idx files, for a 28x28x1 model\'s check (default data/mnist)')
     args = p.parse_args(argv)
 
     def body():
-        check_options(args.model, dict(args.option))
+        card = check_card(modelcard.from_args(args))
         C.configure_threads()
-        result = export(args.model, args.weights, args.out, dict(args.option), args.data_dir)
-        print('wrote %s (%s bytes); loaded back with keras.models.load_model, its capsule '
-              'lengths differ from those of %s by at most %.1g on %d MNIST test images'
-              % (args.out, format(result['bytes'], ','), args.weights,
-                 result['max_length_difference'], CHECK_IMAGES))
+        result = export(card, args.weights, args.out, args.data_dir)
+        print('wrote %s (%s bytes): --model %s, %s images, %d classes; loaded back with '
+              'keras.models.load_model, its capsule lengths differ from those of %s by at '
+              'most %.1g on %s' % (args.out, format(result['bytes'], ','), card.model,
+                                   shape_text(card.input_shape), card.n_class, args.weights,
+                                   result['max_length_difference'], result['images']))
     return run_cli(body)
 
 

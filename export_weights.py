@@ -19,7 +19,6 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
     import safeio
     safeio.interrupt_is_one_line()
 
-import argparse
 import hashlib
 import json
 import math
@@ -31,6 +30,7 @@ import capsulenet
 import evaluation
 import h5weights
 import utils
+from modelcard import parse_option  # checked_options checks its value as capsulenet.py does
 from safeio import OneLineParser, UserError, atomic_write, run_cli
 from viewer import model_options
 
@@ -169,13 +169,6 @@ def export(model, weights, out, options=None, log=None, data_dir=None, note=None
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write('\n')
     return entry  # out renamed into place first, then the manifest naming its sha256
-
-
-def parse_option(text):
-    key, _, value = text.partition('=')
-    if not key or not value:
-        raise argparse.ArgumentTypeError('expected key=value, got %r' % text)
-    return key, value  # checked_options checks it as capsulenet.py checks its flag
 
 
 def main(argv=None):

@@ -1,8 +1,9 @@
 """The files of a run's --save_dir, by name: RunFolder(save_dir) owns them.
 
-A training run writes there log.csv (Keras' CSVLogger), weights-XX.h5 and optimizer-XX.npz
-after each epoch (the checkpoints: the newest --keep_checkpoints pairs), best_model.h5,
-trained_model.h5, validation_split.json (--validation_split), test_results.json, log.png, and
+A training run writes there model.json (what the weights are: modelcard.py), log.csv (Keras'
+CSVLogger), weights-XX.h5 and optimizer-XX.npz after each epoch (the checkpoints: the newest
+--keep_checkpoints pairs), best_model.h5, trained_model.h5, validation_split.json
+(--validation_split), test_results.json, log.png, and
 evaluation.py's figures and affnist_results.json. RunFolder names each of them, lists the
 checkpoints, tells whether an earlier run is there (RUN_FILES), and removes what a killed writer
 left (safeio's temp files). What the files hold is the business of training.py, evaluation.py
@@ -15,7 +16,8 @@ from safeio import UserError, remove_stale_temps
 
 # the files a training run leaves in its --save_dir (log.png and the figures aside)
 RUN_FILES = re.compile(r'^(log\.csv|trained_model\.h5|best_model\.h5|weights-\d+\.h5|'
-                       r'optimizer-\d+\.npz|validation_split\.json|test_results\.json)$')
+                       r'optimizer-\d+\.npz|validation_split\.json|test_results\.json|'
+                       r'model\.json)$')
 # the other files a run writes there: log.png, and evaluation.py's figures and results
 REPORT_FILES = re.compile(r'^([^/]+\.png|affnist_results\.json)$')
 CHECKPOINT = re.compile(r'^weights-(\d+)\.h5$')  # weights-XX.h5, XX the epochs done
@@ -27,14 +29,16 @@ class RunFolder(object):
     LOG, LOG_FIGURE = 'log.csv', 'log.png'
     BEST, TRAINED = 'best_model.h5', 'trained_model.h5'
     SPLIT, TEST_RESULTS = 'validation_split.json', 'test_results.json'
+    MODEL = 'model.json'  # modelcard.FILE
     TENSORBOARD = 'tensorboard-logs'  # --debug's TensorBoard logs (a folder)
 
     def __init__(self, path):
         self.path = path
         # their paths: folder.log is path/log.csv, and so on
-        self.log, self.log_figure, self.best, self.trained, self.split, self.test_results = (
-            self.file(name) for name in (self.LOG, self.LOG_FIGURE, self.BEST, self.TRAINED,
-                                         self.SPLIT, self.TEST_RESULTS))
+        (self.log, self.log_figure, self.best, self.trained, self.split, self.test_results,
+         self.model) = (self.file(name) for name in (self.LOG, self.LOG_FIGURE, self.BEST,
+                                                     self.TRAINED, self.SPLIT,
+                                                     self.TEST_RESULTS, self.MODEL))
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -110,8 +114,8 @@ class RunFolder(object):
         found = sorted(n for n in self.names() if RUN_FILES.match(n))
         if self.LOG in found and os.path.isfile(self.log) and _log_is_empty(self.log):
             found.remove(self.LOG)
-        if found == [self.SPLIT]:  # written as a run starts: alone, it is a run stopped at once
-            found = []
+        if set(found) <= {self.SPLIT, self.MODEL}:  # written as a run starts: alone, they are
+            found = []                                # a run stopped at once
         return found
 
     def remove_earlier_run(self):

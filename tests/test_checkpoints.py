@@ -51,12 +51,14 @@ def data_dir(tmp_path_factory):
 def test_keep_checkpoints_keeps_the_newest_pairs_and_resumes(capsys, tmp_path, data_dir):
     save_dir = str(tmp_path / 'run')
     train(capsys, '--epochs', '4', '--data_dir', data_dir, '--save_dir', save_dir)
-    assert files(save_dir) == ['best_model.h5', 'log.csv', 'optimizer-03.npz', 'optimizer-04.npz',
-                               'trained_model.h5', 'weights-03.h5', 'weights-04.h5']
+    assert files(save_dir) == ['best_model.h5', 'log.csv', 'model.json', 'optimizer-03.npz',
+                               'optimizer-04.npz', 'trained_model.h5', 'weights-03.h5',
+                               'weights-04.h5']
     out = train(capsys, '--epochs', '6', '--resume', '--data_dir', data_dir, '--save_dir', save_dir)
     assert 'Resuming after epoch 4' in out and 'Restored optimizer state' in out
-    assert files(save_dir) == ['best_model.h5', 'log.csv', 'optimizer-05.npz', 'optimizer-06.npz',
-                               'trained_model.h5', 'weights-05.h5', 'weights-06.h5']
+    assert files(save_dir) == ['best_model.h5', 'log.csv', 'model.json', 'optimizer-05.npz',
+                               'optimizer-06.npz', 'trained_model.h5', 'weights-05.h5',
+                               'weights-06.h5']
     with open(os.path.join(save_dir, 'log.csv')) as f:
         assert [int(r['epoch']) for r in csv.DictReader(f)] == [0, 1, 2, 3, 4, 5]
 

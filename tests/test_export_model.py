@@ -16,6 +16,7 @@ import capsulenet
 import compat as C
 import export_model
 import h5weights
+import modelcard
 import utils
 from safeio import UserError
 
@@ -89,7 +90,8 @@ def exported(tmp_path, model, options):
     weights = str(tmp_path / ('%s.h5' % model))
     h5weights.save_weights_h5(train_model, weights)
     out = str(tmp_path / (model + export_model.EXTENSION))
-    result = export_model.export(model, weights, out, options)
+    result = export_model.export(modelcard.MNIST._replace(model=model, options=options),
+                                  weights, out)
     assert result['bytes'] == os.path.getsize(out) and result['max_length_difference'] <= 1e-5
     (_, _), (x, _) = utils.load_mnist(train_samples=0, test_samples=8)
     lengths = export_model.lengths_of(export_model.load_eval_model(model, options, weights), x)
@@ -141,7 +143,7 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     out = str(tmp_path / ('model' + export_model.EXTENSION))
     for argv, named in [(['-w', str(tmp_path / 'none.h5')], 'none.h5'),
                         (['--option', 'colour=1', '-w', weights], 'colour'),
-                        (['-w', weights], 'efficient_capsnet.h5')]:  # capsnet: no such layers
+                        (['--model', 'capsnet', '-w', weights], 'efficient_capsnet.h5')]:
         code, _, err = run_main(capsys, '--out', out, *argv, main=export_model.main)
         assert_one_error_line(code, err, named)
     assert os.listdir(str(tmp_path)) == []  # nothing written, not even a temp file
