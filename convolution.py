@@ -4,7 +4,8 @@ Conv2D: keras' Conv2D (same weights, same class name, registered for saved full 
 compat.serializable does) whose strided 'valid' convolutions run
 - on JAX on the CPU as `patches_conv` (one matrix product over the image patches, im2col);
 - on TensorFlow on the CPU, when wide (FOLD_MIN_CHANNELS), as tf.nn.conv2d with `_fold_taps`
-  (per-tap products) as its input gradient (`_tf_strided_conv`);
+  (per-tap products) as its input gradient and `_tap_kernel_gradient` (one product per shift
+  over the interleaved planes) as its kernel gradient (`_tf_strided_conv`);
 - elsewhere (GPUs, PyTorch, keras 2.2.4) as the plain layer.
 Which path a backend takes is `_strided_path`; the measurements behind it are in README, Speed.
 The Keras-version and backend switches it reads come from compat.
@@ -115,9 +116,11 @@ def _tap_kernel_gradient(x, dy, kernel_shape, strides):
 
 
 def _tf_strided_conv(x, kernel, strides):
-    """tf.nn.conv2d(x, kernel, strides, 'VALID') whose input gradient is `_fold_taps`: for the
-    primary capsules' shapes on a 2-core AVX-512 CPU, forward + both gradients took 538 ms
-    with TensorFlow's own (Conv2DBackpropInput), 453 ms with the per-tap products (README, Speed).
+    """tf.nn.conv2d(x, kernel, strides, 'VALID') whose input gradient is `_fold_taps` and
+    kernel gradient `_tap_kernel_gradient`: for the primary capsules' shapes on a 2-core
+    AVX-512 CPU, forward + both gradients took 538 ms with TensorFlow's own
+    (Conv2DBackpropInput), 453 ms with the per-tap input gradient; the per-shift kernel
+    gradient takes about half of Conv2DBackpropFilter's time in bf16 (docs/speed.md).
 
     x: [batch, H, W, C]; kernel: [k0, k1, C, F] -> [batch, P, Q, F]."""
     import tensorflow as tf
@@ -157,8 +160,8 @@ def _strided_path():
 @serializable
 class Conv2D(layers.Conv2D):
     """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
-    and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on
-    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
+    and, when wide (FOLD_MIN_CHANNELS), with per-tap gradients (`_tf_strided_conv`) on
+    TensorFlow on the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
     kernel, bias), same class name, so weights files written with either class load into both."""
 
     def convolution_op(self, inputs, kernel):
