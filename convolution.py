@@ -4,7 +4,8 @@ Conv2D: keras' Conv2D (same weights, same class name, registered for saved full 
 compat.serializable does) whose strided 'valid' convolutions run
 - on JAX on the CPU as `patches_conv` (one matrix product over the image patches, im2col);
 - on TensorFlow on the CPU, when wide (FOLD_MIN_CHANNELS), as tf.nn.conv2d with `_fold_taps`
-  (per-tap products) as its input gradient (`_tf_strided_conv`);
+  (per-tap products) as its input gradient and `_tap_kernel_gradient` (one product per shift
+  over the interleaved planes) as its kernel gradient (`_tf_strided_conv`);
 - elsewhere (GPUs, PyTorch, keras 2.2.4) as the plain layer.
 Which path a backend takes is `_strided_path`; the measurements behind it are in README, Speed.
 The Keras-version and backend switches it reads come from compat.
@@ -68,10 +69,58 @@ def _fold_taps(dy, kernel, in_shape, strides):
     return full[:, :h, :w]
 
 
+def _planes(x, strides, size):
+    """The s0*s1 interleaved planes of x side by side in the channels (space-to-depth for
+    unequal strides too): plane (r, t) holds the input pixels (s0*a + r, s1*b + t).
+
+    x: [batch, H, W, C]; size: (hp, wp), the planes' size (x cropped or zero-padded to
+    s0*hp x s1*wp) -> [batch, hp, wp, s0*s1*C], channel (r*s1 + t)*C + c.
+    """
+    import tensorflow as tf
+    (s0, s1), (hp, wp), c = strides, size, int_shape(x)[3]
+    x = x[:, :hp * s0, :wp * s1]
+    x = tf.pad(x, [[0, 0], [0, hp * s0 - int_shape(x)[1]], [0, wp * s1 - int_shape(x)[2]],
+                   [0, 0]])
+    x = tf.reshape(x, [-1, hp, s0, wp, s1, c])
+    return tf.reshape(tf.transpose(x, [0, 1, 3, 2, 4, 5]), [-1, hp, wp, s0 * s1 * c])
+
+
+def _tap_kernel_gradient(x, dy, kernel_shape, strides):
+    """The kernel gradient of the 'valid' convolution of x at strides, given dy: on the
+    interleaved planes of x (`_planes`) the strided convolution is a stride-1 one, so the taps
+    (r + s0*m, t + s1*n) of all planes (r, t) at one shift (m, n) read one unit-stride slice;
+    each shift is one [batch*P*Q, s0*s1*C]^T x [batch*P*Q, F] product (rows or columns past the
+    kernel's edge left out). Why: TensorFlow's CPU Conv2DBackpropFilter and its strided slices
+    are slow here; plane building is one transpose.
+
+    x: [batch, H, W, C]; dy: [batch, P, Q, F]; kernel_shape: (k0, k1, C, F) -> [k0, k1, C, F].
+    Same numbers as Conv2DBackpropFilter, in a different order of additions.
+    """
+    import tensorflow as tf
+    (s0, s1), (k0, k1, c, f), (p, q) = strides, kernel_shape, int_shape(dy)[1:3]
+    m0, m1 = -(-k0 // s0), -(-k1 // s1)  # shifts per axis
+    planes = _planes(x, strides, (p + m0 - 1, q + m1 - 1))
+    rows = tf.reshape(dy, [-1, f])
+    blocks = []
+    for m in range(m0):
+        for n in range(m1):
+            r, t = min(s0, k0 - s0 * m), min(s1, k1 - s1 * n)  # the planes with taps here
+            taps = tf.reshape(planes[:, m:m + p, n:n + q], [-1, s0, s1, c])[:, :r, :t]
+            grad = tf.matmul(tf.reshape(taps, [-1, r * t * c]), rows, transpose_a=True)
+            blocks.append(tf.pad(tf.reshape(grad, [r, t, c, f]),
+                                 [[0, s0 - r], [0, s1 - t], [0, 0], [0, 0]]))
+    # [m0, m1, s0, s1, C, F] -> [m0, s0, m1, s1, C, F]: kernel row s0*m + r, column s1*n + t
+    grad = tf.reshape(tf.stack(blocks), [m0, m1, s0, s1, c, f])
+    grad = tf.reshape(tf.transpose(grad, [0, 2, 1, 3, 4, 5]), [m0 * s0, m1 * s1, c, f])
+    return grad[:k0, :k1]
+
+
 def _tf_strided_conv(x, kernel, strides):
-    """tf.nn.conv2d(x, kernel, strides, 'VALID') whose input gradient is `_fold_taps`: for the
-    primary capsules' shapes on a 2-core AVX-512 CPU, forward + both gradients took 538 ms
-    with TensorFlow's own (Conv2DBackpropInput), 453 ms with the per-tap products (README, Speed).
+    """tf.nn.conv2d(x, kernel, strides, 'VALID') whose input gradient is `_fold_taps` and
+    kernel gradient `_tap_kernel_gradient`: for the primary capsules' shapes on a 2-core
+    AVX-512 CPU, forward + both gradients took 538 ms with TensorFlow's own
+    (Conv2DBackpropInput), 453 ms with the per-tap input gradient; the per-shift kernel
+    gradient takes about half of Conv2DBackpropFilter's time in bf16 (docs/speed.md).
 
     x: [batch, H, W, C]; kernel: [k0, k1, C, F] -> [batch, P, Q, F]."""
     import tensorflow as tf
@@ -81,9 +130,7 @@ def _tf_strided_conv(x, kernel, strides):
     def conv(x, kernel):
         def grad(dy):
             dx = _fold_taps(dy, kernel, int_shape(x)[1:], strides)
-            dk = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel),
-                                                 out_backprop=dy, strides=[1, s0, s1, 1],
-                                                 padding='VALID')
+            dk = _tap_kernel_gradient(x, dy, int_shape(kernel), strides)
             return dx, dk
         return tf.nn.conv2d(x, kernel, [1, s0, s1, 1], 'VALID'), grad
     return conv(x, tf.convert_to_tensor(kernel))
@@ -113,8 +160,8 @@ def _strided_path():
 @serializable
 class Conv2D(layers.Conv2D):
     """keras Conv2D whose strided 'valid' convolutions run as `patches_conv` on JAX on the CPU
-    and, when wide (FOLD_MIN_CHANNELS), with `_fold_taps` as input gradient on TensorFlow on
-    the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
+    and, when wide (FOLD_MIN_CHANNELS), with per-tap gradients (`_tf_strided_conv`) on
+    TensorFlow on the CPU (elsewhere, GPUs included, it is the plain layer). Same weights ([k, k, C, F]
     kernel, bias), same class name, so weights files written with either class load into both."""
 
     def convolution_op(self, inputs, kernel):

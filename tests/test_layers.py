@@ -170,8 +170,9 @@ def test_patches_conv_equals_the_strided_conv(size, kernel, strides):
 @STRIDED
 @pytest.mark.skipif(not (C.KERAS3 and C.BACKEND == 'tensorflow'), reason='TensorFlow path')
 def test_folded_input_gradient_equals_the_strided_conv(size, kernel, strides):
-    """TensorFlow's CPU path: tf.nn.conv2d with _fold_taps as input gradient, against NumPy,
-    with an upstream gradient that differs per output (a misplaced tap cannot hide)."""
+    """TensorFlow's CPU path: tf.nn.conv2d with _fold_taps as input gradient and
+    _tap_kernel_gradient as kernel gradient, against NumPy, with an upstream gradient that
+    differs per output (a misplaced tap cannot hide)."""
     import tensorflow as tf
     rng = np.random.RandomState(0)
     x = rng.randn(2, size[0], size[1], 3).astype('float32')
@@ -187,6 +188,37 @@ def test_folded_input_gradient_equals_the_strided_conv(size, kernel, strides):
     want_dx, want_dw = np_conv_gradients(x, w, strides, g)
     np.testing.assert_allclose(dx.numpy(), want_dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw.numpy(), want_dw, rtol=1e-4, atol=1e-4)
+
+
+@STRIDED
+@pytest.mark.skipif(not (C.KERAS3 and C.BACKEND == 'tensorflow'), reason='TensorFlow path')
+def test_tf_strided_conv_gradients_in_bf16_match_the_plain_op(size, kernel, strides):
+    """In bfloat16 (--mixed_precision bf16) both gradients stay within bf16's precision of the
+    exact ones (NumPy, float64, on the same bf16-rounded numbers), as TensorFlow's own ops do;
+    the kernel gradient (one product per shift, summed in float32 inside the product) as close
+    as Conv2DBackpropFilter. The input gradient adds its taps' products in bf16, so its error
+    may be a few times the plain op's: bounded here by bf16's precision, not by the plain op."""
+    import tensorflow as tf
+    rng = np.random.RandomState(0)
+    x = rng.randn(4, size[0], size[1], 16).astype('float32')
+    w = rng.randn(kernel[0], kernel[1], 16, 8).astype('float32')
+    xt, wt = tf.cast(x, tf.bfloat16), tf.cast(w, tf.bfloat16)
+    y = tf.nn.conv2d(xt, wt, [1, strides[0], strides[1], 1], 'VALID')
+    g = tf.cast(rng.randn(*y.shape).astype('float32'), tf.bfloat16)
+    exact = np_conv_gradients(*[t.numpy().astype('float64') for t in (xt, wt)], strides,
+                              g.numpy().astype('float64'))
+    errors = []  # [(input gradient error, kernel gradient error)]: ours, then the plain op's
+    for conv in (convolution._tf_strided_conv,
+                 lambda a, b, s: tf.nn.conv2d(a, b, [1, s[0], s[1], 1], 'VALID')):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            total = tf.reduce_sum(tf.cast(conv(xt, wt, strides) * g, tf.float32))
+        grads = tape.gradient(total, [xt, wt])
+        errors.append([np.abs(d.numpy().astype('float64') - e).max() / np.abs(e).max()
+                       for d, e in zip(grads, exact)])
+    (ours_dx, ours_dw), (plain_dx, plain_dw) = errors
+    assert max(ours_dx, ours_dw, plain_dx, plain_dw) <= 2. ** -6
+    assert ours_dw <= 2 * plain_dw + 2. ** -9
 
 
 def _const(array):
