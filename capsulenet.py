@@ -23,6 +23,7 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 
 import argparse
 import collections
+import contextlib
 import inspect
 import math
 import sys
@@ -494,14 +495,28 @@ def _run_folder(s, spec, worker):
 def _backend(s, worker):
     """Sets the precision and the seed and checks --xla, before any model is built; returns
     the distribution scope (C.distribution_scope)."""
-    C.set_precision(s.mixed_precision)
+    with flag_named('--mixed_precision %s' % s.mixed_precision):
+        C.set_precision(s.mixed_precision)
     # before the data are loaded: an --xla that cannot hold fails fast
     runsetup.xla_compile_options(s.xla, s.seed is not None, s.multi_gpu > 1 or worker is not None,
                                  s.testing)
-    scope = C.distribution_scope(s.multi_gpu, s.batch_size, worker)
+    with flag_named('--multi_gpu %d' % s.multi_gpu if s.multi_gpu > 1 else None):
+        scope = C.distribution_scope(s.multi_gpu, s.batch_size, worker)
     if s.seed is not None:
         C.set_seed(s.seed)
     return scope
+
+
+@contextlib.contextmanager
+def flag_named(flag):
+    """A UserError of the Keras seam (compat), which speaks plain words, worded with the CLI
+    flag that asked for it: 'flag: message'. flag None: left as it is."""
+    try:
+        yield
+    except UserError as e:
+        if flag is None:
+            raise
+        raise UserError('%s: %s' % (flag, e))
 
 
 def _data(s):
