@@ -13,9 +13,13 @@ Usage:
     python capsulenet.py --dataset folder --data_dir my_images    # my_images/{train,test}/<class>/
 
 This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN), one registry
-of them (MODELS), the losses and the CLI, whose flags become keyword arguments of `run` at
-`main` (outputs go to --save_dir). Data sets: datasets.py; training: training.py; tests and
-reports: evaluation.py; Table 1: reproduce.py. keras==2.2.4 or Keras 3 (KERAS_BACKEND picks).
+of them (MODELS), the losses and the CLI, whose flags become the settings of `run` at `main`
+(outputs go to --save_dir); run() dispatches to _train or _test, each a short sequence of
+steps (run folder, backend, data, models, fit, report). Errors of the Keras seam are worded
+with their CLI flag here (flag_named). Data sets: datasets.py (one record each: the network a
+data set builds, its digits, its batches); batches: batches.py; training: training.py; tests
+and reports: evaluation.py; Table 1: reproduce.py. keras==2.2.4 or Keras 3 (KERAS_BACKEND
+picks).
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
     import safeio
