@@ -343,7 +343,8 @@ def build_models(model, input_shape, n_class, dataset='mnist', **options):
     """(train_model, eval_model, manipulate_model or None) of MODELS[model] sized by options
     (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's), in the form
     `dataset` needs: the paper's (CapsNet) or Efficient-CapsNet's own network for it
-    (dataset_network), two digits for MultiMNIST (its record's digits). UserError when the images are too small for it."""
+    (dataset_network), two digits for MultiMNIST (its record's digits). UserError when the
+    images are too small for it."""
     options = {k: v for k, v in options.items() if k != 'lam_recon'}
     options = dict(dataset_network(model, dataset), **options)
     check_input_size(model, input_shape, options)

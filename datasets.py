@@ -160,9 +160,9 @@ def npz_data(data_dir=None, train_samples=None, test_samples=None):
 def shifted_batches(x, y, batch_size, seed, workers, shift_fraction=0.1, augment='shift'):
     """MNIST's (and SVHN's, folder's, npz's) training batches: shifted up to shift_fraction
     of the image size, or augment='efficient' (utils.efficient_augment)."""
+    augment = utils.efficient_augment if augment == 'efficient' else None
     return batches.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
-                                  augment=utils.efficient_augment if augment == 'efficient' else None,
-                                  workers=workers)
+                                  augment=augment, workers=workers)
 
 
 def translated_batches(x, y, batch_size, seed, workers, **_):
