@@ -403,7 +403,7 @@ def run(**settings):
     s = _settings(settings)
     try:
         _check_flags(s)
-        (_test if s.testing else _train)(s)
+        (_test if s.testing else _train)(s, *_prepared(s))
     except training.Interrupted:
         raise
     except KeyboardInterrupt:
@@ -412,7 +412,7 @@ def run(**settings):
 
 def _settings(settings):
     """run()'s settings as a namespace: RUN_DEFAULTS' keys, data_options (the data set's
-    flags given), arch (the rest: the model's flags) and members (ensemble_members)."""
+    flags given) and arch (the rest: the model's flags); _check_flags adds members."""
     s = argparse.Namespace(**dict(RUN_DEFAULTS, **{k: v for k, v in settings.items()
                                                    if k in RUN_DEFAULTS}))
     own = datasets.DATASETS[s.dataset].flags
@@ -422,7 +422,8 @@ def _settings(settings):
 
 
 def _check_flags(s):
-    """UserError for flags that do not go together, before anything is written or loaded."""
+    """UserError for flags that do not go together, before anything is written or loaded;
+    sets s.weights, s.members (ensemble_members)."""
     s.weights, s.members = ensemble_members(s.weights, s.testing)
     if s.resume and (s.testing or s.weights is not None or s.overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
@@ -434,36 +435,35 @@ def _check_flags(s):
         runsetup.check_tensorboard()
 
 
-def _train(s):
-    """Trains s.model on s.dataset in s.save_dir (a fresh run, --resume, or -w to fine-tune),
-    then tests it (and, with --validation_split, reports the test set once)."""
+def _prepared(s):
+    """(MODELS[s.model], the RunFolder, the distribution scope, the RunData), in the order
+    that fails fast: the folder's checks and the backend's before the data are loaded."""
     spec = MODELS[s.model]
     worker = runsetup.multi_worker_task()  # TF_CONFIG: one of several machines
     folder = _run_folder(s, spec, worker)
     scope = _backend(s, worker)
-    data = _data(s)
+    return spec, folder, scope, _data(s)
+
+
+def _train(s, spec, folder, scope, data):
+    """Trains s.model on s.dataset in the folder (a fresh run, --resume, or -w to fine-tune),
+    then tests it (and, with --validation_split, reports the test set once)."""
     with scope as parallel:
         train_model, eval_model, _ = _models(s, data.test)
         with runsetup.out_of_memory_hint('training', _memory_flags(s)):
             fitted = _fit(s, spec, folder, train_model, parallel, data)
             _report(s, spec, eval_model, data, folder, None)
             if s.validation_split:  # last: it loads best_model.h5's weights
-                x_train = data.train[0]
                 evaluation.held_out_report(
                     fitted, train_model, datasets.validation_data(spec.kind, data.test),
                     s.batch_size, folder, spec.monitor,
-                    dict(validation_split=s.validation_split, train_images=len(x_train),
+                    dict(validation_split=s.validation_split, train_images=len(data.train[0]),
                          test_images=len(data.test.x)))
 
 
-def _test(s):
+def _test(s, spec, folder, scope, data):
     """Tests the weights given (-w, several: their ensemble) on s.dataset's test set and
     draws manipulate-<digit>.png."""
-    spec = MODELS[s.model]
-    worker = runsetup.multi_worker_task()
-    folder = _run_folder(s, spec, worker)
-    scope = _backend(s, worker)
-    data = _data(s)
     x_test, y_test = data.test.x, data.test.y
     with scope:
         train_model, eval_model, manipulate_model = _models(s, data.test)
