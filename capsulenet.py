@@ -506,7 +506,8 @@ def _backend(s, worker):
     runsetup.xla_compile_options(s.xla, s.seed is not None, s.multi_gpu > 1 or worker is not None,
                                  s.testing)
     with flag_named('--multi_gpu %d' % s.multi_gpu if s.multi_gpu > 1 else None):
-        scope = C.distribution_scope(s.multi_gpu, s.batch_size, worker)
+        scope = C.distribution_scope(s.multi_gpu, s.batch_size, worker,
+                                     restart='start every worker again with --resume')
     if s.seed is not None:
         C.set_seed(s.seed)
     return scope

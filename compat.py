@@ -442,7 +442,8 @@ def _tf_devices(n_devices):
     return [d.name for d in cpus[:n_devices]]
 
 
-def distribution_scope(n_devices, batch_size, worker=None):
+def distribution_scope(n_devices, batch_size, worker=None,
+                       restart='start every worker again, resuming from its last checkpoint'):
     """Context manager for data-parallel training on n_devices devices (0 or 1: none), or on
     every worker of a TF_CONFIG cluster (worker: this process's runsetup.multi_worker_task()).
 
@@ -456,6 +457,7 @@ def distribution_scope(n_devices, batch_size, worker=None):
         with XLA_FLAGS=--xla_force_host_platform_device_count=N).
       keras 2.2.4: keras.utils.multi_gpu_model (GPUs only). PyTorch: not supported.
     A set-up that cannot hold is a UserError in plain words; the CLI names its flag.
+    restart: what to do when a worker is lost, in the caller's words.
     """
     n_devices = int(n_devices or 0)
     multi_worker = worker is not None
@@ -487,7 +489,8 @@ def distribution_scope(n_devices, batch_size, worker=None):
             strategy = _multi_worker_strategy()
             print('Data-parallel training: tf.distribute MultiWorkerMirroredStrategy, %d '
                   'replicas on %d workers' % (strategy.num_replicas_in_sync, worker.workers))
-            return _lost_workers_as_user_error(strategy.scope(), lambda model: model)
+            return _lost_workers_as_user_error(strategy.scope(), lambda model: model,
+                                               restart)
         strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
         print('Data-parallel training: tf.distribute %s, %d replicas'
               % (type(strategy).__name__, strategy.num_replicas_in_sync))
@@ -535,10 +538,11 @@ def _multi_worker_strategy():
 
 
 @contextlib.contextmanager
-def _lost_workers_as_user_error(scope, value):
-    """`scope` (entering it gives `value`), where a collective op that fails because another worker stopped (killed,
-    crashed, unreachable: TensorFlow's coordination service notices within seconds) becomes
-    one UserError naming the worker, instead of a page of graph traceback."""
+def _lost_workers_as_user_error(scope, value, restart):
+    """`scope` (entering it gives `value`), where a collective op that fails because another
+    worker stopped (killed, crashed, unreachable: TensorFlow's coordination service notices
+    within seconds) becomes one UserError naming the worker and ending in `restart` (what
+    to do), instead of a page of graph traceback."""
     import tensorflow as tf
     try:
         with scope:
@@ -549,8 +553,8 @@ def _lost_workers_as_user_error(scope, value):
         where = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+|ipv4:[\d.]+:\d+',
                                       message)))
         raise UserError('multi-worker training stopped: %s stopped or cannot be reached '
-                        '(%s); start every worker again, resuming from the last checkpoint'
-                        % (', '.join(where) or 'another worker', type(e).__name__))
+                        '(%s); %s' % (', '.join(where) or 'another worker', type(e).__name__,
+                                      restart))
 
 
 # ---------------------------------------------------------------- out of memory
