@@ -25,7 +25,8 @@ Elsewhere, reading KERAS3 / BACKEND from here: convolution.py (the strided convo
 paths: JAX, TF), runsetup.py (--xla, TF_CONFIG, out-of-memory lines in the CLI's words),
 h5weights.py (the weights-file format), benchmarks/tensors.py (numpy in and out, for tests).
 User errors and atomic writes are safeio.py's; why a backend cannot load, backends.py's;
-TF_CONFIG's addresses and the wait for the other workers, cluster.py's.
+TF_CONFIG's addresses and the wait for the other workers, cluster.py's. Errors raised here
+speak plain words, naming no CLI flag: the command line adds its flag (capsulenet.flag_named).
 """
 import contextlib
 import os
