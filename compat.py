@@ -354,8 +354,8 @@ def set_precision(name):
         raise UserError('unknown precision %r (choose from %s)' % (name, ', '.join(PRECISIONS)))
     if not KERAS3:
         if name != 'off':
-            raise UserError('mixed precision %s needs Keras 3 (keras %s has no mixed-precision '
-                            'policies)' % (name, keras.__version__))
+            raise UserError('mixed precision needs Keras 3 (keras %s has no mixed-precision '
+                            'policies)' % keras.__version__)
         return
     keras.mixed_precision.set_global_policy(PRECISIONS[name])
 
