@@ -5,7 +5,8 @@
   folder, one .mat, or the downloaded .zip files -> float32 [N, 40, 40, 1] in [0, 1] and
   one-hot [N, 10].
 - translated_mnist(digits, canvas, rng): each 28x28 digit placed at a uniform random
-  position on a black canvas (the paper's translated / "expanded" MNIST).
+  position on a black canvas (the paper's translated / "expanded" MNIST); random_translation
+  re-places centred training digits so in every batch (batches.ShiftedBatches' augment).
 - affnist_like(...): when the real set is absent, a seeded affNIST-STYLE test set made from
   the MNIST test digits with random affine transforms, cached as .npz. Its results are
   always labelled GENERATED_LABEL, never "affNIST".
@@ -266,6 +267,13 @@ def translated_mnist(digits, canvas=CANVAS, rng=None):
     return out
 
 
+def random_translation(x, rng, digit_size=DIGIT):
+    """The training augmentation of --dataset affnist (batches.ShiftedBatches' augment):
+    digits centred on a canvas x [B, 40, 40, 1] -> each digit's central digit_size box
+    re-placed at a fresh uniform random position of the canvas [B, 40, 40, 1]."""
+    return translated_mnist(center_crop(x, digit_size), x.shape[1], rng)
+
+
 # ---------------------------------------------------------------- affNIST-style set
 def random_affines(n, rng, ranges=AFFINE_RANGES):
     """n forward 2x2 matrices (row, col coordinates): rotation @ shear @ diag(scale_r, scale_c)."""
@@ -377,7 +385,7 @@ def expanded_mnist(data_dir=None, train_samples=None, test_samples=None, affnist
     """--dataset affnist: (train, test, affnist) for the §5.2 experiment.
 
     train: MNIST training digits centred on 40x40 ([N, 40, 40, 1], one-hot [N, 10]); training
-    batches re-place them at random every epoch (training.TranslatedBatches). test: the
+    batches re-place them at random every epoch (random_translation). test: the
     expanded MNIST test set, each test digit at one fixed seeded random position on 40x40.
     affnist = (x, y, description): the affNIST evaluation set (affnist_eval_set), loaded now
     so that a bad file fails before training. Each set is cut to its first *_samples images.

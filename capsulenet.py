@@ -13,9 +13,13 @@ Usage:
     python capsulenet.py --dataset folder --data_dir my_images    # my_images/{train,test}/<class>/
 
 This file: the model builders (CapsNet, Efficient-CapsNet, the baseline CNN), one registry
-of them (MODELS), the losses and the CLI, whose flags become keyword arguments of `run` at
-`main` (outputs go to --save_dir). Data sets: datasets.py; training: training.py; tests and
-reports: evaluation.py; Table 1: reproduce.py. keras==2.2.4 or Keras 3 (KERAS_BACKEND picks).
+of them (MODELS), the losses and the CLI, whose flags become the settings of `run` at `main`
+(outputs go to --save_dir); run() dispatches to _train or _test, each a short sequence of
+steps (run folder, backend, data, models, fit, report). Errors of the Keras seam are worded
+with their CLI flag here (flag_named). Data sets: datasets.py (one record each: the network a
+data set builds, its digits, its batches); batches: batches.py; training: training.py; tests
+and reports: evaluation.py; Table 1: reproduce.py. keras==2.2.4 or Keras 3 (KERAS_BACKEND
+picks).
 """
 if __name__ == '__main__':  # before the imports below, which take seconds (TensorFlow)
     import safeio
@@ -23,21 +27,20 @@ if __name__ == '__main__':  # before the imports below, which take seconds (Tens
 
 import argparse
 import collections
+import contextlib
 import inspect
 import math
 import sys
 
 import numpy as np
 
-import cifar10
+import batches
 import compat as C
 import datasets
 import evaluation
 import modelcard
-import paper
 import reproduce
 import runsetup
-import svhn
 import training
 from capsulelayers import CapsuleLayer, PrimaryCap, Length, Mask, EfficientPrimaryCap, FCCaps
 from compat import layers, models
@@ -78,7 +81,7 @@ def EfficientCapsNet(input_shape, n_class, conv_filters=(32, 64, 64, 128),
     -> lengths. block: 'relu_bn' (ReLU, BatchNorm: MNIST, MultiMNIST) or 'leaky_in'
     (LeakyReLU, instance normalisation: smallNORB). decoder: a decoder builder (default
     dense_decoder(decoder_units)). Defaults: the MNIST network, 161,824 trainable parameters
-    without the decoder; EFFICIENT_VARIANTS holds the smallNORB and MultiMNIST networks.
+    without the decoder; smallnorb.EFFICIENT and multimnist.EFFICIENT hold those data sets'.
     """
     x = layers.Input(shape=tuple(input_shape))
     h = x
@@ -282,22 +285,15 @@ MODELS = {
 }
 MODEL_FLAGS = ('routings', 'lam_recon') + ARCH_FLAGS
 
-# Efficient-CapsNet's own networks for its other data sets (EscVM/Efficient-CapsNet,
-# models/efficient_capsnet_graph_{smallnorb,multimnist}.py), as EfficientCapsNet keywords.
-# smallNORB, 48x48x2: 48 -> 21 -> 19 -> 17 -> 8, primary kernel 8 -> 1x1x128 -> 16 capsules.
-# MultiMNIST, 36x36: 36 -> 32 -> 30 -> 14 -> 6, primary kernel 5 stride 2 -> 1x1x128.
-EFFICIENT_VARIANTS = {
-    'smallnorb': dict(conv_kernels=(7, 3, 3, 3), conv_strides=(2, 1, 1, 2), primary_kernel=8,
-                      block='leaky_in', decoder=smallnorb_decoder),
-    'multimnist': dict(conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 2, 2), primary_kernel=5,
-                       primary_strides=2),
-}
+# decoders a data set's network may name (datasets.DATASETS[...].networks, decoder=<name>)
+DECODERS = {'smallnorb_decoder': smallnorb_decoder}
 
 
-# The paper's CapsNets for its other data sets (§7), as CapsNet keywords; the CLI's
-# architecture flags override them (e.g. a small CPU run).
-CAPSNET_VARIANTS = {'cifar10': cifar10.CAPSNET, 'svhn': svhn.CAPSNET}
-VARIANTS = {'capsnet': CAPSNET_VARIANTS, 'efficient': EFFICIENT_VARIANTS}
+def dataset_network(model, dataset):
+    """The builder keywords of the network --dataset builds for --model (its record's
+    networks: the paper's CapsNet for CIFAR-10 / SVHN, Efficient-CapsNet's own for smallNORB
+    and MultiMNIST); {} for the defaults. A named decoder stays a name (its note reads so)."""
+    return dict(datasets.DATASETS[dataset].networks.get(model, {}))
 
 
 def smallest_input(kernels, strides):
@@ -348,12 +344,16 @@ def build_models(model, input_shape, n_class, dataset='mnist', **options):
     """(train_model, eval_model, manipulate_model or None) of MODELS[model] sized by options
     (its `flags`, e.g. routings=1, conv1_filters=64; the rest are the paper's), in the form
     `dataset` needs: the paper's (CapsNet) or Efficient-CapsNet's own network for it
-    (VARIANTS), two digits for MultiMNIST. UserError when the images are too small for it."""
+    (dataset_network), two digits for MultiMNIST (its record's digits). UserError when the
+    images are too small for it."""
     options = {k: v for k, v in options.items() if k != 'lam_recon'}
-    options = dict(VARIANTS.get(model, {}).get(dataset, {}), **options)
+    options = dict(dataset_network(model, dataset), **options)
     check_input_size(model, input_shape, options)
-    if MODELS[model].kind == 'capsule' and datasets.DATASET_DIGITS.get(dataset, 1) != 1:
-        options['digits'] = datasets.DATASET_DIGITS[dataset]
+    if isinstance(options.get('decoder'), str):
+        options['decoder'] = DECODERS[options['decoder']]
+    digits = datasets.DATASETS[dataset].digits
+    if MODELS[model].kind == 'capsule' and digits != 1:
+        options['digits'] = digits
     try:
         return MODELS[model].builder(tuple(input_shape), int(n_class), **options)
     except ValueError as e:
@@ -377,149 +377,246 @@ def compile_model(model, lr, lam_recon=0.392, spec=None, digits=1, xla='auto'):
 
 
 # ---------------------------------------------------------------- run
-def run(save_dir='./result', testing=False, **options):
-    """train_or_test(save_dir=..., testing=..., **options); Ctrl-C in it becomes
-    training.Interrupted, which tells whether save_dir holds a checkpoint to continue from."""
+# run()'s settings, the CLI's flags but the model's and the data set's own, and their
+# defaults (the CLI gives them all; --reproduce table1 passes on its own)
+RUN_DEFAULTS = dict(
+    model='capsnet', dataset='mnist', save_dir='./result', testing=False, weights=None,
+    resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50, batch_size=100, lr=0.001,
+    lr_decay=0.9, lr_min=0., augment='shift', shift_fraction=0.1, lam_recon=0.392, workers=1,
+    mixed_precision='off', xla='auto', keep_checkpoints=2, early_stopping=None,
+    stop_at_val_acc=None, debug=False, digit=5, data_dir=None, train_samples=None,
+    test_samples=None, summary=False, validation_split=0)
+# the data a run works on: train (x, y), the test Split, the validation Split (None when
+# testing) and the extra evaluation set (affNIST) or None
+RunData = collections.namedtuple('RunData', 'train test validation extra')
+
+
+def run(**settings):
+    """Trains then tests settings['model'] on settings['dataset'] (or, testing=True, tests
+    and manipulates the weights given). settings: RUN_DEFAULTS' keys (the CLI's flags), the
+    model's flags (MODELS[model].flags, e.g. routings) and the data set's (its record's
+    flags, e.g. affnist_dir). validation_split N > 0: the last N training images validate
+    (log.csv's val_ columns, best_model.h5, early stopping) and the test set is used once, at
+    the end (test_results.json); 0: the test set validates, as the seed repo does. weights:
+    one weights file, or with testing a list of them: an ensemble, tested on the mean of
+    their class scores (capsule lengths). Ctrl-C becomes training.Interrupted, which tells
+    whether save_dir holds a checkpoint to continue from."""
+    s = _settings(settings)
     try:
-        train_or_test(save_dir=save_dir, testing=testing, **options)
+        _check_flags(s)
+        (_test if s.testing else _train)(s, *_prepared(s))
     except training.Interrupted:
         raise
     except KeyboardInterrupt:
-        raise training.Interrupted(save_dir, testing)
+        raise training.Interrupted(s.save_dir, s.testing)
 
 
-def train_or_test(model='capsnet', dataset='mnist', save_dir='./result', testing=False,
-                  weights=None, resume=False, overwrite=False, seed=None, multi_gpu=0, epochs=50,
-                  batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0., augment='shift',
-                  shift_fraction=0.1, lam_recon=0.392, workers=1, mixed_precision='off',
-                  xla='auto', keep_checkpoints=2, early_stopping=None, stop_at_val_acc=None,
-                  debug=False, digit=5, data_dir=None, train_samples=None, test_samples=None,
-                  summary=False, validation_split=0, **options):
-    """Trains then tests `model` on `dataset` (or, testing=True, tests and manipulates the
-    weights given). The arguments are the CLI's flags; options: the model's flags (its
-    MODELS[model].flags, e.g. routings) and the dataset's (DATASET_FLAGS, e.g. affnist_dir).
-    validation_split N > 0: the last N training images validate (log.csv's val_ columns,
-    best_model.h5, early stopping) and the test set is used once, at the end
-    (test_results.json); 0: the test set validates, as the seed repo does. weights: one
-    weights file, or with testing a list of them: an ensemble, tested on the mean of their
-    class scores (capsule lengths)."""
-    weights, members = ensemble_members(weights, testing)
-    if resume and (testing or weights is not None or overwrite):
+def _settings(settings):
+    """run()'s settings as a namespace: RUN_DEFAULTS' keys, data_options (the data set's
+    flags given) and arch (the rest: the model's flags); _check_flags adds members."""
+    s = argparse.Namespace(**dict(RUN_DEFAULTS, **{k: v for k, v in settings.items()
+                                                   if k in RUN_DEFAULTS}))
+    own = datasets.DATASETS[s.dataset].flags
+    s.data_options = {k: v for k, v in settings.items() if k in own}
+    s.arch = {k: v for k, v in settings.items() if k not in RUN_DEFAULTS and k not in own}
+    return s
+
+
+def _check_flags(s):
+    """UserError for flags that do not go together, before anything is written or loaded;
+    sets s.weights, s.members (ensemble_members)."""
+    s.weights, s.members = ensemble_members(s.weights, s.testing)
+    if s.resume and (s.testing or s.weights is not None or s.overwrite):
         raise UserError('--resume continues training from --save_dir; it cannot be combined '
                         'with -t, -w or --overwrite')
-    if testing and validation_split:
+    if s.testing and s.validation_split:
         raise UserError('--validation_split holds out training images for training; -t '
                         'tests the weights given on the test set')
-    if debug and not testing:  # before anything is written or loaded: fail fast
+    if s.debug and not s.testing:
         runsetup.check_tensorboard()
-    spec = MODELS[model]
-    data_options = {k: options.pop(k) for k in datasets.DATASET_FLAGS[dataset] if k in options}
+
+
+def _prepared(s):
+    """(MODELS[s.model], the RunFolder, the distribution scope, the RunData), in the order
+    that fails fast: the folder's checks and the backend's before the data are loaded."""
+    spec = MODELS[s.model]
     worker = runsetup.multi_worker_task()  # TF_CONFIG: one of several machines
-    if not testing:  # not the chief: a folder of its own
-        save_dir = training.worker_save_dir(save_dir, worker, resume)
+    folder = _run_folder(s, spec, worker)
+    scope = _backend(s, worker)
+    return spec, folder, scope, _data(s)
+
+
+def _train(s, spec, folder, scope, data):
+    """Trains s.model on s.dataset in the folder (a fresh run, --resume, or -w to fine-tune),
+    then tests it (and, with --validation_split, reports the test set once)."""
+    with scope as parallel:
+        train_model, eval_model, _ = _models(s, data.test)
+        with runsetup.out_of_memory_hint('training', _memory_flags(s)):
+            fitted = _fit(s, spec, folder, train_model, parallel, data)
+            _report(s, spec, eval_model, data, folder, None)
+            if s.validation_split:  # last: it loads best_model.h5's weights
+                evaluation.held_out_report(
+                    fitted, train_model, datasets.validation_data(spec.kind, data.test),
+                    s.batch_size, folder, spec.monitor,
+                    dict(validation_split=s.validation_split, train_images=len(data.train[0]),
+                         test_images=len(data.test.x)))
+
+
+def _test(s, spec, folder, scope, data):
+    """Tests the weights given (-w, several: their ensemble) on s.dataset's test set and
+    draws manipulate-<digit>.png."""
+    x_test, y_test = data.test.x, data.test.y
+    with scope:
+        train_model, eval_model, manipulate_model = _models(s, data.test)
+        members = s.members and ((lambda path: load_weights_h5(train_model, path)), s.members)
+        with runsetup.out_of_memory_hint('testing', _memory_flags(s)):
+            if s.weights is None:
+                print('No weights are provided. Will test using random initialized weights.')
+            if manipulate_model is not None and s.digit < y_test.shape[1]:
+                evaluation.manipulate_latent(manipulate_model, x_test, y_test, s.digit, s.seed,
+                                             folder.path)
+            elif manipulate_model is not None:
+                print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
+                      '(0..%d)' % (s.digit, s.digit, s.dataset, y_test.shape[1] - 1))
+            _report(s, spec, eval_model, data, folder, members)
+
+
+def _run_folder(s, spec, worker):
+    """The RunFolder this process writes (a non-chief worker's: a temporary one), prepared
+    and checked before the data are loaded (fail fast): --resume continues the run there or
+    refuses, a fresh run refuses an earlier run unless --overwrite."""
+    save_dir = s.save_dir if s.testing else training.worker_save_dir(s.save_dir, worker,
+                                                                     s.resume)
     folder = RunFolder(save_dir)
     folder.prepare()
-    # before the data are loaded: fail fast
-    folder.refuse_links(testing)
-    if resume:  # continue the run there, or refuse: never a fresh run over it
+    folder.refuse_links(s.testing)
+    if s.resume:  # continue the run there, or refuse: never a fresh run over it
         training.check_resumable(folder, spec.monitor)
-    elif not testing:
-        training.refuse_earlier_run(folder, overwrite)
-    if resume:  # the split it validated on: the same
-        training.check_validation_split(folder, validation_split)
-    C.set_precision(mixed_precision)  # before any model is built
+        training.check_validation_split(folder, s.validation_split)  # validate as it did
+    elif not s.testing:
+        training.refuse_earlier_run(folder, s.overwrite)
+    return folder
+
+
+def _backend(s, worker):
+    """Sets the precision and the seed and checks --xla, before any model is built; returns
+    the distribution scope (C.distribution_scope)."""
+    with flag_named('--mixed_precision %s' % s.mixed_precision):
+        C.set_precision(s.mixed_precision)
     # before the data are loaded: an --xla that cannot hold fails fast
-    runsetup.xla_compile_options(xla, seed is not None, multi_gpu > 1 or worker is not None,
-                                 testing)
-    scope = C.distribution_scope(multi_gpu, batch_size, worker)
-    if seed is not None:
-        C.set_seed(seed)
-    (x_train, y_train), test_split, extra = datasets.DATASETS[dataset](
-        data_dir=data_dir, train_samples=train_samples, test_samples=test_samples, **data_options)
-    test_split = datasets.as_split(test_split)
-    x_test, y_test = test_split.x, test_split.y
-    if testing:
-        val_split = None
-    elif validation_split:
-        (x_train, y_train), val_split = datasets.hold_out(dataset, (x_train, y_train),
-                                                          validation_split, **data_options)
+    runsetup.xla_compile_options(s.xla, s.seed is not None, s.multi_gpu > 1 or worker is not None,
+                                 s.testing)
+    with flag_named('--multi_gpu %d' % s.multi_gpu if s.multi_gpu > 1 else None):
+        scope = C.distribution_scope(s.multi_gpu, s.batch_size, worker,
+                                     restart='start every worker again with --resume')
+    if s.seed is not None:
+        C.set_seed(s.seed)
+    return scope
+
+
+@contextlib.contextmanager
+def flag_named(flag):
+    """A UserError of the Keras seam (compat), which speaks plain words, worded with the CLI
+    flag that asked for it: 'flag: message'. flag None: left as it is."""
+    try:
+        yield
+    except UserError as e:
+        if flag is None:
+            raise
+        raise UserError('%s: %s' % (flag, e))
+
+
+def _data(s):
+    """The run's RunData from s.dataset's loader; with --validation_split the last training
+    images held out as the validation set, else the test set validates (a note says so)."""
+    train, test, extra = datasets.DATASETS[s.dataset].loader(
+        data_dir=s.data_dir, train_samples=s.train_samples, test_samples=s.test_samples,
+        **s.data_options)
+    test = datasets.as_split(test)
+    if s.testing:
+        validation = None
+    elif s.validation_split:
+        train, validation = datasets.hold_out(s.dataset, train, s.validation_split,
+                                              **s.data_options)
         print('Validation: the last %d training images, held out (log.csv val_ columns, '
               'best_model.h5); %d train; the test set (%d) is used once, at the end'
-              % (validation_split, len(x_train), len(x_test)))
+              % (s.validation_split, len(train[0]), len(test.x)))
     else:
-        val_split = test_split
+        validation = test
         print('note: validating on the test set (log.csv val_ columns and best_model.h5 are '
               'test-set figures); --validation_split N holds out training images instead')
-    digits = datasets.DATASET_DIGITS.get(dataset, 1)
-    variant = VARIANTS.get(model, {}).get(dataset)
-    if variant:
+    network = dataset_network(s.model, s.dataset)
+    if network:
         print('note: --dataset %s builds its own --model %s network: %s (architecture flags '
-              'given override these)' % (dataset, model, ', '.join(
-                  '%s=%s' % (k, getattr(v, '__name__', v)) for k, v in sorted(variant.items()))))
-    with scope as parallel:
-        sizes = model_sizes(model, options)
-        with runsetup.out_of_memory_hint('building --model %s' % model, sizes):
-            # the test images give the input shape: training digits / crops may be other sizes
-            train_model, eval_model, manipulate_model = build_models(
-                model, x_test.shape[1:], y_test.shape[1], dataset, **options)
-        describe(model, train_model, summary)
-        if weights is not None:
-            if load_weights_h5(train_model, weights) == 'full-model':
-                print('note: %s is a full-model file: loaded its weights only (its model config '
-                      'is ignored, nothing in it is executed)' % weights)
-            print('Loaded weights from %s' % weights)
-        load = (lambda path: load_weights_h5(train_model, path)) if members else None
-        with runsetup.out_of_memory_hint('training' if not testing else 'testing',
-                                ['--batch_size %d' % batch_size] + sizes):
-            if testing:
-                if weights is None:
-                    print('No weights are provided. Will test using random initialized weights.')
-                if manipulate_model is not None and digit < y_test.shape[1]:
-                    evaluation.manipulate_latent(manipulate_model, x_test, y_test, digit, seed,
-                                                 save_dir)
-                elif manipulate_model is not None:
-                    print('note: no manipulate-%d.png: --digit %d is not a class of --dataset %s '
-                          '(0..%d)' % (digit, digit, dataset, y_test.shape[1] - 1))
-            else:
-                initial_epoch = (training.resume_weights(train_model, folder, epochs)
-                                 if resume else 0)
-                fitted = parallel(train_model)
-                compile_model(fitted, lr, lam_recon, spec, digits, xla)
-                # the batches depend on (seed, epoch, index); train() restores the epoch
-                batches = datasets.training_batches(dataset, x_train, y_train, batch_size, seed,
-                                                    workers, shift_fraction, augment)
-                validation = datasets.validation_data(spec.kind, val_split)
-                if spec.kind == 'classifier':
-                    batches = training.ClassifierBatches(batches)
-                extra_callbacks = training.early_stopping_callbacks(spec.monitor, early_stopping,
-                                                           stop_at_val_acc)
-                if debug:
-                    extra_callbacks.append(C.tensorboard(
-                        folder.file(folder.TENSORBOARD), batch_size))
-                if not resume:
-                    folder.remove_earlier_run()  # none is there without --overwrite
-                training.record_validation_split(folder, validation_split, len(x_train))
-                # model.json: what the weights are, so predict.py / export_model.py rebuild it
-                modelcard.record(folder.model, model, dataset, x_test.shape[1:],
-                                 y_test.shape[1], options, data_dir)
-                training.train(fitted, batches, validation, folder, epochs,
-                               lambda epoch: training.scheduled_lr(epoch, lr, lr_decay, lr_min),
-                               spec.monitor, initial_epoch, train_model, keep_checkpoints,
-                               extra_callbacks)
-            acc = evaluation.test(eval_model, spec.kind, x_test, y_test, batch_size, save_dir,
-                                  members and (load, members))
-            if dataset == 'multimnist':
-                print('Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
-                      % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn']))
-            if extra is not None:
-                evaluation.affnist_report(eval_model, model, spec.kind, acc, len(x_test), extra,
-                                          batch_size, save_dir, members and (load, members))
-            if not testing and validation_split:  # last: it loads best_model.h5's weights
-                evaluation.held_out_report(
-                    fitted, train_model, datasets.validation_data(spec.kind, test_split),
-                    batch_size, folder, spec.monitor,
-                    dict(validation_split=validation_split, train_images=len(x_train),
-                         test_images=len(x_test)))
+              'given override these)' % (s.dataset, s.model, ', '.join(
+                  '%s=%s' % (k, getattr(v, '__name__', v)) for k, v in sorted(network.items()))))
+    return RunData(train, test, validation, extra)
+
+
+def _memory_flags(s):
+    """The flags memory grows with, for the out-of-memory hint."""
+    return ['--batch_size %d' % s.batch_size] + model_sizes(s.model, s.arch)
+
+
+def _models(s, test):
+    """(train_model, eval_model, manipulate_model or None), built for the shape of the test
+    Split's images (training digits or crops may be other sizes), described, with -w's
+    weights loaded."""
+    sizes = model_sizes(s.model, s.arch)
+    with runsetup.out_of_memory_hint('building --model %s' % s.model, sizes):
+        built = build_models(s.model, test.x.shape[1:], test.y.shape[1], s.dataset, **s.arch)
+    describe(s.model, built[0], s.summary)
+    if s.weights is not None:
+        if load_weights_h5(built[0], s.weights) == 'full-model':
+            print('note: %s is a full-model file: loaded its weights only (its model config '
+                  'is ignored, nothing in it is executed)' % s.weights)
+        print('Loaded weights from %s' % s.weights)
+    return built
+
+
+def _fit(s, spec, folder, train_model, parallel, data):
+    """Compiles and trains train_model (parallel(train_model) under --multi_gpu) on the
+    data set's training batches, from the checkpoint --resume finds; returns the fitted
+    model."""
+    record = datasets.DATASETS[s.dataset]
+    initial_epoch = training.resume_weights(train_model, folder, s.epochs) if s.resume else 0
+    fitted = parallel(train_model)
+    compile_model(fitted, s.lr, s.lam_recon, spec, record.digits, s.xla)
+    # the batches depend on (seed, epoch, index); train() restores the epoch
+    x_train, y_train = data.train
+    train_batches = record.batches(x_train, y_train, s.batch_size, s.seed, s.workers,
+                                   shift_fraction=s.shift_fraction, augment=s.augment)
+    if spec.kind == 'classifier':
+        train_batches = batches.ClassifierBatches(train_batches)
+    extra_callbacks = training.early_stopping_callbacks(spec.monitor, s.early_stopping,
+                                                        s.stop_at_val_acc)
+    if s.debug:
+        extra_callbacks.append(C.tensorboard(folder.file(folder.TENSORBOARD), s.batch_size))
+    if not s.resume:
+        folder.remove_earlier_run()  # none is there without --overwrite
+    training.record_validation_split(folder, s.validation_split, len(x_train))
+    # model.json: what the weights are, so predict.py / export_model.py rebuild the model
+    modelcard.record(folder.model, s.model, s.dataset, data.test.x.shape[1:],
+                     data.test.y.shape[1], s.arch, s.data_dir)
+    training.train(fitted, train_batches, datasets.validation_data(spec.kind, data.validation),
+                   folder, s.epochs,
+                   lambda epoch: training.scheduled_lr(epoch, s.lr, s.lr_decay, s.lr_min),
+                   spec.monitor, initial_epoch, train_model, s.keep_checkpoints, extra_callbacks)
+    return fitted
+
+
+def _report(s, spec, eval_model, data, folder, members):
+    """Tests eval_model (members: an ensemble, evaluation.test) on the test set, prints the
+    data set's paper figure and, for affNIST, tests on its extra set too."""
+    test = data.test
+    acc = evaluation.test(eval_model, spec.kind, test.x, test.y, s.batch_size, folder.path,
+                          members)
+    paper_line = datasets.DATASETS[s.dataset].paper_line
+    if paper_line:
+        print(paper_line)
+    if data.extra is not None:
+        evaluation.affnist_report(eval_model, s.model, spec.kind, acc, len(test.x), data.extra,
+                                  s.batch_size, folder.path, members)
 
 
 def ensemble_members(weights, testing):
@@ -569,8 +666,7 @@ class RecipeParser(OneLineParser):
         namespace, extra = super(RecipeParser, self).parse_known_args(args, namespace)
         model = getattr(namespace, 'model', 'capsnet')
         dataset = getattr(namespace, 'dataset', 'mnist')
-        allowed = MODELS[model].flags + datasets.DATASET_FLAGS[dataset] + (
-            () if dataset in datasets.OWN_AUGMENTATION else datasets.AUGMENT_FLAGS)
+        allowed = MODELS[model].flags + datasets.dataset_flags(dataset)
         for flag in MODEL_FLAGS + datasets.ALL_DATASET_FLAGS + datasets.AUGMENT_FLAGS:
             if getattr(namespace, flag, None) is not None and flag not in allowed:
                 self.error('--%s does not apply to --model %s --dataset %s'
@@ -624,13 +720,7 @@ def build_parser():
                    help='which network: capsnet (the paper), efficient (Efficient-CapsNet), '
                         'cnn (baseline)')
     p.add_argument('--dataset', default='mnist', choices=sorted(datasets.DATASETS),
-                   help='which data: mnist, affnist (§5.2: translated MNIST, tested on affNIST), '
-                        'multimnist (§6: two overlapping digits on 36x36, generated from MNIST), '
-                        'smallnorb (the real files in --smallnorb_dir), cifar10 / svhn (§7: the '
-                        'real files in --cifar10_dir / --svhn_dir, with the paper\'s network for '
-                        'each), folder (--data_dir DIR with DIR/train/<class>/*, '
-                        'DIR/test/<class>/*) or npz (--data_dir FILE.npz with x_train, y_train, '
-                        'x_test, y_test)')
+                   help=datasets.dataset_help())
     p.add_argument('--epochs', default=None, type=_bounded(int, 1),
                    help=_recipe_help('training epochs', 'epochs'))
     p.add_argument('--batch_size', default=None, type=_bounded(int, 1),

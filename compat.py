@@ -25,7 +25,8 @@ Elsewhere, reading KERAS3 / BACKEND from here: convolution.py (the strided convo
 paths: JAX, TF), runsetup.py (--xla, TF_CONFIG, out-of-memory lines in the CLI's words),
 h5weights.py (the weights-file format), benchmarks/tensors.py (numpy in and out, for tests).
 User errors and atomic writes are safeio.py's; why a backend cannot load, backends.py's;
-TF_CONFIG's addresses and the wait for the other workers, cluster.py's.
+TF_CONFIG's addresses and the wait for the other workers, cluster.py's. Errors raised here
+speak plain words, naming no CLI flag: the command line adds its flag (capsulenet.flag_named).
 """
 import contextlib
 import os
@@ -353,8 +354,8 @@ def set_precision(name):
         raise UserError('unknown precision %r (choose from %s)' % (name, ', '.join(PRECISIONS)))
     if not KERAS3:
         if name != 'off':
-            raise UserError('--mixed_precision %s needs Keras 3 (keras %s has no mixed-precision '
-                            'policies)' % (name, keras.__version__))
+            raise UserError('mixed precision needs Keras 3 (keras %s has no mixed-precision '
+                            'policies)' % keras.__version__)
         return
     keras.mixed_precision.set_global_policy(PRECISIONS[name])
 
@@ -426,7 +427,7 @@ def _tf_devices(n_devices):
     gpus = tf.config.list_physical_devices('GPU')
     if gpus:
         if len(gpus) < n_devices:
-            raise UserError('--multi_gpu %d: only %d GPU(s) visible' % (n_devices, len(gpus)))
+            raise UserError('only %d GPU(s) visible' % len(gpus))
         return ['/gpu:%d' % i for i in range(n_devices)]
     cpu = tf.config.list_physical_devices('CPU')[0]
     try:
@@ -436,13 +437,14 @@ def _tf_devices(n_devices):
         pass
     cpus = tf.config.list_logical_devices('CPU')
     if len(cpus) < n_devices:
-        raise UserError('--multi_gpu %d: no GPU and only %d CPU device(s)' % (n_devices, len(cpus)))
+        raise UserError('no GPU and only %d CPU device(s)' % len(cpus))
     print('No GPU: data-parallel over %d logical CPU devices (a test set-up, not faster)'
           % n_devices)
     return [d.name for d in cpus[:n_devices]]
 
 
-def distribution_scope(n_devices, batch_size, worker=None):
+def distribution_scope(n_devices, batch_size, worker=None,
+                       restart='start every worker again, resuming from its last checkpoint'):
     """Context manager for data-parallel training on n_devices devices (0 or 1: none), or on
     every worker of a TF_CONFIG cluster (worker: this process's runsetup.multi_worker_task()).
 
@@ -455,6 +457,8 @@ def distribution_scope(n_devices, batch_size, worker=None):
       JAX: keras.distribution.DataParallel over jax.devices()[:n_devices] (on CPU, start
         with XLA_FLAGS=--xla_force_host_platform_device_count=N).
       keras 2.2.4: keras.utils.multi_gpu_model (GPUs only). PyTorch: not supported.
+    A set-up that cannot hold is a UserError in plain words; the CLI names its flag.
+    restart: what to do when a worker is lost, in the caller's words.
     """
     n_devices = int(n_devices or 0)
     multi_worker = worker is not None
@@ -465,16 +469,15 @@ def distribution_scope(n_devices, batch_size, worker=None):
                         'tensorflow backend (this is %s %s); unset TF_CONFIG to train alone'
                         % ('keras' if KERAS3 else 'keras 2.2.4 on', BACKEND))
     if KERAS3 and BACKEND not in ('tensorflow', 'jax'):
-        raise UserError('--multi_gpu is not supported on the %s backend (use tensorflow or jax)'
-                        % BACKEND)
+        raise UserError('data-parallel training is not supported on the %s backend (use '
+                        'tensorflow or jax)' % BACKEND)
     if batch_size % max(n_devices, 1):
-        raise UserError('--batch_size %d is not divisible by --multi_gpu %d'
-                        % (batch_size, n_devices))
+        raise UserError('batch size %d is not divisible by %d devices' % (batch_size, n_devices))
     if not KERAS3:
         gpus = [d for d in _K.get_session().list_devices() if 'GPU' in d.device_type]
         if len(gpus) < n_devices:
-            raise UserError('--multi_gpu %d on keras 2.2.4 needs %d GPUs (multi_gpu_model), '
-                            'found %d' % (n_devices, n_devices, len(gpus)))
+            raise UserError('keras 2.2.4 needs %d GPUs (multi_gpu_model), found %d'
+                            % (n_devices, len(gpus)))
         from keras.utils import multi_gpu_model
         print('Data-parallel training: keras.utils.multi_gpu_model, %d replicas' % n_devices)
         return contextlib.nullcontext(lambda model: multi_gpu_model(model, gpus=n_devices))
@@ -487,7 +490,8 @@ def distribution_scope(n_devices, batch_size, worker=None):
             strategy = _multi_worker_strategy()
             print('Data-parallel training: tf.distribute MultiWorkerMirroredStrategy, %d '
                   'replicas on %d workers' % (strategy.num_replicas_in_sync, worker.workers))
-            return _lost_workers_as_user_error(strategy.scope(), lambda model: model)
+            return _lost_workers_as_user_error(strategy.scope(), lambda model: model,
+                                               restart)
         strategy = tf.distribute.MirroredStrategy(_tf_devices(n_devices))
         print('Data-parallel training: tf.distribute %s, %d replicas'
               % (type(strategy).__name__, strategy.num_replicas_in_sync))
@@ -496,9 +500,9 @@ def distribution_scope(n_devices, batch_size, worker=None):
         import jax
         devices = jax.devices()
         if len(devices) < n_devices:
-            raise UserError('--multi_gpu %d: JAX sees %d device(s) (on CPU, set XLA_FLAGS='
+            raise UserError('JAX sees %d device(s) (on CPU, set XLA_FLAGS='
                             '--xla_force_host_platform_device_count=%d)'
-                            % (n_devices, len(devices), n_devices))
+                            % (len(devices), n_devices))
         dist = keras.distribution.DataParallel(devices=devices[:n_devices])
         print('Data-parallel training: keras.distribution.DataParallel, %d replicas' % n_devices)
         return _yielding(dist.scope(), lambda model: model)
@@ -535,10 +539,11 @@ def _multi_worker_strategy():
 
 
 @contextlib.contextmanager
-def _lost_workers_as_user_error(scope, value):
-    """`scope` (entering it gives `value`), where a collective op that fails because another worker stopped (killed,
-    crashed, unreachable: TensorFlow's coordination service notices within seconds) becomes
-    one UserError naming the worker, instead of a page of graph traceback."""
+def _lost_workers_as_user_error(scope, value, restart):
+    """`scope` (entering it gives `value`), where a collective op that fails because another
+    worker stopped (killed, crashed, unreachable: TensorFlow's coordination service notices
+    within seconds) becomes one UserError naming the worker and ending in `restart` (what
+    to do), instead of a page of graph traceback."""
     import tensorflow as tf
     try:
         with scope:
@@ -549,8 +554,8 @@ def _lost_workers_as_user_error(scope, value):
         where = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+|ipv4:[\d.]+:\d+',
                                       message)))
         raise UserError('multi-worker training stopped: %s stopped or cannot be reached '
-                        '(%s); start every worker again with --resume'
-                        % (', '.join(where) or 'another worker', type(e).__name__))
+                        '(%s); %s' % (', '.join(where) or 'another worker', type(e).__name__,
+                                      restart))
 
 
 # ---------------------------------------------------------------- out of memory

@@ -1,21 +1,24 @@
-"""The CLI's data sets: loaders returning (train, test split, extra evaluation set), their
-flags, and their training batches.
+"""The CLI's data sets: one record each (Dataset) in DATASETS = {--dataset name: record}.
 
-A loader takes (data_dir, train_samples, test_samples, **its own flags) and returns
-(train (x, y), test (x, y) or a Split, extra evaluation set or None); DATASETS maps the
---dataset names to them, DATASET_FLAGS to their own flags, DATASET_DIGITS to the digits per
-image; training_batches gives their training batches, hold_out a held-out validation set
-(--validation_split), validation_data Keras' validation data.
+A record holds all the CLI knows of a data set: its loader (data_dir, train_samples,
+test_samples, **its own flags) -> (train (x, y), test (x, y) or a Split, extra evaluation set
+or None), its words in --dataset's help, its flags, its digits per image, its training
+batches (batches.py; the augmentation itself sits beside each reader), the form of its
+held-out validation images, the networks it builds (the paper's / Efficient-CapsNet's own)
+and a paper figure to print. hold_out gives a held-out validation set (--validation_split),
+validation_data Keras' validation data. A new data set: its reader module, one record here,
+and its flags in capsulenet.build_parser.
 """
 import collections
 
 import affnist_loader
+import batches
 import cifar10
 import multimnist
 import own_data
+import paper
 import smallnorb
 import svhn
-import training
 import utils
 from safeio import UserError
 
@@ -50,7 +53,7 @@ def multimnist_data(data_dir=None, train_samples=None, test_samples=None,
     """--dataset multimnist (§6): (train, test, None) from the MNIST idx files.
 
     train: the first train_samples MNIST training digits [N, 28, 28, 1], one-hot [N, 10];
-    training.OverlayBatches overlays them afresh each epoch. test: a Split of the fixed seeded
+    batches.OverlayBatches overlays them afresh each epoch. test: a Split of the fixed seeded
     set (multimnist.test_set): each of the first test_samples test digits over
     multimnist_pairs partners of other classes: x [M, 36, 36, 1], y two-hot [M, 10], masks
     [y_1, y_2] one-hot, targets [digit_1, digit_2] each shifted digit alone [M, 36, 36, 1].
@@ -93,7 +96,7 @@ def smallnorb_data(data_dir=None, train_samples=None, test_samples=None, smallno
     (default data/smallnorb/), prepared as Efficient-CapsNet does (smallnorb.py).
 
     train: [N, 64, 64, 2] float32 (stereo pair as channels, each channel standardised over
-    the split, resized to 64x64), one-hot [N, 5]; training.CropBatches crops 48x48 at random
+    the split, resized to 64x64), one-hot [N, 5]; batches.CropBatches crops 48x48 at random
     with random brightness and contrast. test: the centre 48x48 crops [M, 48, 48, 2].
     Each split is cut to its first *_samples pairs before its statistics are taken.
     data_dir (MNIST) is not used.
@@ -114,7 +117,7 @@ def one_hot(split, n_class):
 def cifar10_data(data_dir=None, train_samples=None, test_samples=None, cifar10_dir=None):
     """--dataset cifar10: (train, test, None) from the binary version in cifar10_dir (default
     data/cifar10/; cifar10.py). train: [N, 32, 32, 3] float32 in [0, 1], one-hot [N, 10];
-    training.PatchBatches crops 24x24 at random. test: the centre 24x24 crops [M, 24, 24, 3].
+    batches.CropBatches crops 24x24 at random. test: the centre 24x24 crops [M, 24, 24, 3].
     data_dir (MNIST) is not used."""
     (x_train, y_train), (x_test, y_test) = cifar10.load_cifar10(cifar10_dir)
     train = (own_data.to_float(x_train[:train_samples]), y_train[:train_samples])
@@ -153,58 +156,123 @@ def npz_data(data_dir=None, train_samples=None, test_samples=None):
     return one_hot(train, n_class), one_hot(test, n_class), None
 
 
-# --dataset name -> loader(data_dir, train_samples, test_samples, **its own flags)
-# -> (train (x, y), test (x, y) or a Split, extra evaluation set or None)
-DATASETS = {'mnist': mnist, 'affnist': affnist_loader.expanded_mnist,
-            'multimnist': multimnist_data, 'smallnorb': smallnorb_data,
-            'cifar10': cifar10_data, 'svhn': svhn_data, 'folder': folder_data, 'npz': npz_data}
-DATASET_FLAGS = {'mnist': (), 'affnist': ('affnist_dir', 'affnist_cache'),
-                 'multimnist': ('multimnist_pairs',), 'smallnorb': ('smallnorb_dir',),
-                 'cifar10': ('cifar10_dir',), 'svhn': ('svhn_dir',), 'folder': (), 'npz': ()}
-ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASET_FLAGS) for f in DATASET_FLAGS[name])
-# training augmentation flags: MNIST's only (the others' batches bring their own, see below)
-AUGMENT_FLAGS = ('augment', 'shift_fraction')
-OWN_AUGMENTATION = ('affnist', 'multimnist', 'smallnorb', 'cifar10')
-# digits per image of a data set (2: one reconstruction and one mask per digit)
-DATASET_DIGITS = {'multimnist': 2}
+# ---------------------------------------------------------------- training batches
+def shifted_batches(x, y, batch_size, seed, workers, shift_fraction=0.1, augment='shift'):
+    """MNIST's (and SVHN's, folder's, npz's) training batches: shifted up to shift_fraction
+    of the image size, or augment='efficient' (utils.efficient_augment)."""
+    augment = utils.efficient_augment if augment == 'efficient' else None
+    return batches.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
+                                  augment=augment, workers=workers)
 
 
-def training_batches(dataset, x, y, batch_size, seed, workers, shift_fraction, augment):
-    """The training batches of a dataset: affNIST's digits re-placed at random on 40x40
-    every epoch; MultiMNIST pairs overlaid afresh; smallNORB's and CIFAR-10's random crops;
-    MNIST (and SVHN, folder, npz) shifted up to shift_fraction of its size, or
-    augment='efficient'."""
-    if dataset == 'affnist':
-        return training.TranslatedBatches(x, y, batch_size, seed=seed, workers=workers)
-    if dataset == 'multimnist':
-        return training.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
-    if dataset == 'smallnorb':
-        return training.CropBatches(x, y, batch_size, seed=seed, workers=workers)
-    if dataset == 'cifar10':
-        return training.PatchBatches(x, y, batch_size, seed=seed, workers=workers)
-    return training.ShiftedBatches(x, y, batch_size, int(shift_fraction * x.shape[1]), seed=seed,
-                                   augment=utils.efficient_augment if augment == 'efficient' else None,
-                                   workers=workers)
+def translated_batches(x, y, batch_size, seed, workers, **_):
+    """affNIST's: the centred 40x40 training digits re-placed at random every batch."""
+    return batches.ShiftedBatches(x, y, batch_size, 0, seed=seed, workers=workers,
+                                  augment=affnist_loader.random_translation)
 
 
+def overlay_batches(x, y, batch_size, seed, workers, **_):
+    """MultiMNIST's: pairs overlaid afresh every epoch."""
+    return batches.OverlayBatches(x, y, batch_size, seed=seed, workers=workers)
+
+
+def crop_batches(crop):
+    """The training batches of random crops by crop(x, y, idx, seed, epoch, index)."""
+    def make(x, y, batch_size, seed, workers, **_):
+        return batches.CropBatches(x, y, batch_size, crop, seed=seed, workers=workers)
+    return make
+
+
+# ---------------------------------------------------------------- validation forms
 # --validation_split: the held-out training images in the form of the data set's test set.
 # Seeded layouts (affNIST positions, MultiMNIST partners) differ from the test set's seeds.
 VALIDATION_SEED = 2019
-VALIDATION_FORMS = {
-    'mnist': lambda x, y, **_: as_split((x, y)),
-    # centred 40x40 training digits -> each at one fixed random position, as the test set
-    'affnist': lambda x, y, **_: as_split((affnist_loader.translated_mnist(
-        affnist_loader.center_crop(x), affnist_loader.CANVAS, VALIDATION_SEED), y)),
-    'multimnist': lambda x, y, multimnist_pairs=MULTIMNIST_PAIRS, **_: overlaid_split(
-        x, y, multimnist_pairs, VALIDATION_SEED),
-    # prepared 64x64 pairs -> their centre 48x48 patches, as the test set
-    'smallnorb': lambda x, y, **_: as_split((smallnorb.center_crop(x), y)),
-    # 32x32 training images -> their centre 24x24 patches, as the test set
-    'cifar10': lambda x, y, **_: as_split((cifar10.center_crop(x), y)),
-    'svhn': lambda x, y, **_: as_split((x, y)),
-    'folder': lambda x, y, **_: as_split((x, y)),
-    'npz': lambda x, y, **_: as_split((x, y)),
+
+
+def as_is(x, y, **_):
+    """Held-out images whose test set has their form: a Split of them."""
+    return as_split((x, y))
+
+
+def translated_form(x, y, **_):
+    """affNIST: centred 40x40 training digits -> each at one fixed random position."""
+    return as_split((affnist_loader.translated_mnist(
+        affnist_loader.center_crop(x), affnist_loader.CANVAS, VALIDATION_SEED), y))
+
+
+def overlaid_form(x, y, multimnist_pairs=MULTIMNIST_PAIRS, **_):
+    """MultiMNIST: digits -> a fixed overlaid Split of its own seed."""
+    return overlaid_split(x, y, multimnist_pairs, VALIDATION_SEED)
+
+
+def center_form(center_crop):
+    """smallNORB, CIFAR-10: training images -> their centre patches (center_crop)."""
+    return lambda x, y, **_: as_split((center_crop(x), y))
+
+
+# ---------------------------------------------------------------- the records
+# One record per --dataset. loader(data_dir, train_samples, test_samples, **its flags) ->
+# (train (x, y), test (x, y) or a Split, extra evaluation set or None); help: its words in
+# --dataset's help; flags: its own CLI flags (keywords of the loader); digits: digits per
+# image (2: one reconstruction and one mask per digit); batches(x, y, batch_size, seed,
+# workers, shift_fraction=, augment=): its training batches; own_augmentation: the batches
+# bring their own (MNIST's --augment / --shift_fraction do not apply); validation(x, y,
+# **flags) -> the Split of held-out training images (None: --validation_split refused);
+# networks: {--model: builder keywords} of the network this data set builds (the paper's,
+# Efficient-CapsNet's); paper_line: printed after its test.
+Dataset = collections.namedtuple(
+    'Dataset', 'loader help flags digits batches own_augmentation validation networks '
+               'paper_line',
+    defaults=((), 1, shifted_batches, False, as_is, {}, None))
+DATASETS = {
+    'mnist': Dataset(mnist, 'mnist'),
+    'affnist': Dataset(
+        affnist_loader.expanded_mnist,
+        'affnist (§5.2: translated MNIST, tested on affNIST)',
+        flags=('affnist_dir', 'affnist_cache'), batches=translated_batches,
+        own_augmentation=True, validation=translated_form),
+    'multimnist': Dataset(
+        multimnist_data,
+        'multimnist (§6: two overlapping digits on 36x36, generated from MNIST)',
+        flags=('multimnist_pairs',), digits=2, batches=overlay_batches, own_augmentation=True,
+        validation=overlaid_form, networks={'efficient': multimnist.EFFICIENT},
+        paper_line='Paper (§6, MultiMNIST test error): CapsNet %.1f%%, CNN baseline %.1f%%'
+                   % (paper.MULTIMNIST['capsnet'], paper.MULTIMNIST['cnn'])),
+    'smallnorb': Dataset(
+        smallnorb_data, 'smallnorb (the real files in --smallnorb_dir)',
+        flags=('smallnorb_dir',), batches=crop_batches(smallnorb.train_batch),
+        own_augmentation=True, validation=center_form(smallnorb.center_crop),
+        networks={'efficient': smallnorb.EFFICIENT}),
+    'cifar10': Dataset(
+        cifar10_data, "cifar10 (§7: the real files in --cifar10_dir, with the paper's network)",
+        flags=('cifar10_dir',), batches=crop_batches(cifar10.train_batch),
+        own_augmentation=True, validation=center_form(cifar10.center_crop),
+        networks={'capsnet': cifar10.CAPSNET}),
+    'svhn': Dataset(
+        svhn_data, "svhn (§7: the real files in --svhn_dir, with the paper's network)",
+        flags=('svhn_dir',), networks={'capsnet': svhn.CAPSNET}),
+    'folder': Dataset(
+        folder_data, 'folder (--data_dir DIR with DIR/train/<class>/*, DIR/test/<class>/*)'),
+    'npz': Dataset(
+        npz_data, 'npz (--data_dir FILE.npz with x_train, y_train, x_test, y_test)'),
 }
+# every data set's own flags, and MNIST's augmentation flags (data sets whose batches bring
+# their own augmentation refuse them)
+ALL_DATASET_FLAGS = tuple(f for name in sorted(DATASETS) for f in DATASETS[name].flags)
+AUGMENT_FLAGS = ('augment', 'shift_fraction')
+
+
+def dataset_flags(name):
+    """The CLI flags that apply to --dataset name: its own, and MNIST's augmentation flags
+    unless its batches bring their own."""
+    record = DATASETS[name]
+    return record.flags + (() if record.own_augmentation else AUGMENT_FLAGS)
+
+
+def dataset_help():
+    """--dataset's help: 'which data: ' and each record's words."""
+    words = [DATASETS[name].help for name in DATASETS]
+    return 'which data: %s or %s' % (', '.join(words[:-1]), words[-1])
 
 
 def hold_out(dataset, train, n, **data_options):
@@ -219,9 +287,10 @@ def hold_out(dataset, train, n, **data_options):
     if n >= len(x):
         raise UserError('--validation_split %d leaves no training images: the training set '
                         'has %d (after --train_samples)' % (n, len(x)))
-    if dataset not in VALIDATION_FORMS:
+    form = DATASETS[dataset].validation
+    if form is None:
         raise UserError('--validation_split is not available for --dataset %s' % dataset)
-    split = VALIDATION_FORMS[dataset](x[-n:], y[-n:], **data_options)
+    split = form(x[-n:], y[-n:], **data_options)
     return (x[:-n], y[:-n]), split
 
 

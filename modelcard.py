@@ -5,7 +5,7 @@ read back by predict.py and export_model.py, which rebuild the model from it wit
      "options": {"conv1_filters": 64}, "class_names": ["cat", "dog", "fish"]}
 
 options: the model flags given (the rest are the builder's defaults, or the data set's own
-network, capsulenet.VARIANTS); class_names: the class folders of --dataset folder, CIFAR-10's
+network, capsulenet.dataset_network); class_names: the class folders of --dataset folder, CIFAR-10's
 names, or null (classes are numbers). It describes every weights file of its folder
 (trained_model.h5, best_model.h5, weights-XX.h5): keep it beside a copied weights file.
 

@@ -1,8 +1,8 @@
 """MultiMNIST (Sabour et al. 2017, section 6): two shifted MNIST digits of different classes
 overlaid on a 36x36 canvas, generated on the fly from MNIST arrays. NumPy only.
 
-Training batches are a pure function of (seed, epoch, batch_index), like the shifted MNIST
-batches of training.ShiftedBatches; the test set is a fixed function of its seed.
+Training batches (served by batches.OverlayBatches) are a pure function of (seed, epoch,
+batch_index), like the shifted MNIST batches; the test set is a fixed function of its seed.
 """
 import numpy as np
 
@@ -11,6 +11,11 @@ from data_errors import DataError
 CANVAS = 36
 MAX_SHIFT = 4
 N_CLASS = 10
+# Efficient-CapsNet's MultiMNIST network (EscVM/Efficient-CapsNet,
+# models/efficient_capsnet_graph_multimnist.py), as capsulenet.EfficientCapsNet keywords;
+# 36x36: 36 -> 32 -> 30 -> 14 -> 6, primary kernel 5 stride 2 -> 1x1x128.
+EFFICIENT = dict(conv_kernels=(5, 3, 3, 3), conv_strides=(1, 1, 2, 2), primary_kernel=5,
+                 primary_strides=2)
 
 
 # ---------------------------------------------------------------- inputs

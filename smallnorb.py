@@ -35,6 +35,12 @@ CHUNK = 1 << 24
 # Efficient-CapsNet (config.json, utils/pre_process_smallnorb.py)
 SCALE, PATCH = 64, 48
 MAX_DELTA, CONTRAST = 2.0, (0.5, 1.5)
+# Efficient-CapsNet's smallNORB network (EscVM/Efficient-CapsNet,
+# models/efficient_capsnet_graph_smallnorb.py), as capsulenet.EfficientCapsNet keywords;
+# 48x48x2: 48 -> 21 -> 19 -> 17 -> 8, primary kernel 8 -> 1x1x128 -> 16 capsules. The decoder
+# is named: capsulenet.DECODERS builds it (this module is NumPy only).
+EFFICIENT = dict(conv_kernels=(7, 3, 3, 3), conv_strides=(2, 1, 1, 2), primary_kernel=8,
+                 block='leaky_in', decoder='smallnorb_decoder')
 
 
 # ---------------------------------------------------------------- binary-matrix reader

@@ -1,9 +1,10 @@
-"""Training: batches, callbacks, checkpoints and --resume, and `train()` itself.
+"""Training: callbacks, checkpoints and --resume, and `train()` itself.
 
-train() takes a compiled model and ready batches and runs the epochs with the callbacks this
-repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 / optimizer-XX.npz checkpoints
-(the newest --keep_checkpoints pairs), best_model.h5, trained_model.h5 and log.png at the end.
-Batches depend on (seed, epoch, index) only, so runs are reproducible with any --workers.
+train() takes a compiled model and ready batches (batches.py) and runs the epochs with the
+callbacks this repo relies on: LR schedule, NaN stop, CSV log, weights-XX.h5 /
+optimizer-XX.npz checkpoints (the newest --keep_checkpoints pairs), best_model.h5,
+trained_model.h5 and log.png at the end. Batches depend on (seed, epoch, index) only, so
+runs are reproducible with any --workers and a resumed run reads the same batches.
 The names of --save_dir's files, its checkpoints and an earlier run there: runfolder.RunFolder.
 """
 import atexit
@@ -17,162 +18,13 @@ import zipfile
 
 import numpy as np
 
-import affnist_loader
-import cifar10
 import compat as C
-import multimnist
-import smallnorb
 import utils
+from batches import BatchesEpoch
 from compat import callbacks
 from h5weights import save_weights_h5, load_weights_h5
 from runfolder import RunFolder
 from safeio import UserError, atomic_write
-
-
-# ---------------------------------------------------------------- batches
-class ShiftedBatches(C.Sequence):
-    """Training batches ([images, labels], [labels, images]) with random augmentation.
-
-    Reshuffled every epoch, seeded. By default shifts up to max_shift pixels (zero fill);
-    augment(images [batch, H, W, C], rng) -> same shape replaces the shift when given
-    (e.g. utils.efficient_augment). Batch `index` of epoch e depends on (seed, e, index)
-    only, not on the order or number of times Keras asks for batches (it peeks at batch 0;
-    distributed runs prefetch): the BatchesEpoch callback sets e at each epoch's start.
-    """
-
-    def __init__(self, x, y, batch_size, max_shift, seed=None, augment=None, workers=1):
-        super(ShiftedBatches, self).__init__(**C.loader_kwargs(workers))
-        self.workers_wanted = workers
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.max_shift = max_shift
-        self.augment_fn = augment
-        self.seed = np.random.randint(2 ** 31) if seed is None else int(seed) % 2 ** 31
-        self.epoch = 0
-        self.order = np.random.RandomState([self.seed, 0]).permutation(len(x))
-
-    def __len__(self):
-        return int(np.ceil(len(self.x) / float(self.batch_size)))
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        x = self.augment(self.x[idx], np.random.RandomState([self.seed, self.epoch, index + 1]))
-        y = self.y[idx]
-        return C.pack_batch([x, y], [y, x])
-
-    def augment(self, x, rng):
-        """[batch, H, W, C] -> the same images, randomly shifted (or augment_fn(x, rng))."""
-        if self.augment_fn is not None:
-            return self.augment_fn(x, rng)
-        return utils.random_shift(x, self.max_shift, rng)
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self.order = np.random.RandomState([self.seed, epoch]).permutation(len(self.x))
-
-    def on_epoch_end(self):
-        # keras 2.2.4's enqueuer calls this between its passes; Keras 3 calls it at moments
-        # that vary with prefetching, so there BatchesEpoch also sets the epoch at its start.
-        self.set_epoch(self.epoch + 1)
-
-
-class BatchesEpoch(callbacks.Callback):
-    """Tells ShiftedBatches (Keras 3) which epoch begins, before its batches are read."""
-
-    def __init__(self, batches):
-        super(BatchesEpoch, self).__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches.set_epoch(epoch)
-
-
-class TranslatedBatches(ShiftedBatches):
-    """ShiftedBatches for digits centred on a larger canvas (x: [N, 40, 40, 1], MNIST padded
-    by 6): every batch re-places each digit's central digit_size box at a fresh uniform random
-    position of the canvas (affnist_loader.translated_mnist), so positions change every epoch."""
-
-    def __init__(self, x, y, batch_size, digit_size=28, seed=None, workers=1):
-        super(TranslatedBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
-                                                workers=workers)
-        self.digit_size = digit_size
-
-    def augment(self, x, rng):
-        digits = affnist_loader.center_crop(x, self.digit_size)
-        return affnist_loader.translated_mnist(digits, x.shape[1], rng)
-
-
-class OverlayBatches(ShiftedBatches):
-    """MultiMNIST training batches ([images, y_1, y_2], [two_hot, digit_1, digit_2]) of
-    multimnist.overlay_batch: x [N, 28, 28, 1] are the training digits, each the first digit
-    of one pair per epoch, over a partner of another class; pairs and shifts are fresh every
-    epoch and a pure function of (seed, epoch, index). images, digit_k: [B, 36, 36, 1]; y_k:
-    one-hot [B, 10] of digit k (the decoder's masks); two_hot [B, 10] (the margin loss)."""
-
-    def __init__(self, x, y, batch_size, seed=None, workers=1):
-        super(OverlayBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
-                                             workers=workers)
-        self.labels = multimnist.int_labels(y)
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        images, two_hot, first, second, classes = multimnist.overlay_batch(
-            self.x, self.labels, idx, self.seed, self.epoch, index, with_classes=True)
-        y_1, y_2 = (utils.to_categorical(classes[:, k], multimnist.N_CLASS) for k in (0, 1))
-        return C.pack_batch([images, y_1, y_2], [two_hot, first, second])
-
-
-class CropBatches(ShiftedBatches):
-    """smallNORB training batches ([patches, y], [y, patches]) of smallnorb.train_batch: x
-    [N, 64, 64, 2] prepared pairs -> random 48x48 crops with random brightness and contrast
-    [B, 48, 48, 2], a pure function of (seed, epoch, index); y one-hot [N, 5]."""
-
-    def __init__(self, x, y, batch_size, seed=None, workers=1):
-        super(CropBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
-                                          workers=workers)
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        patches, y = smallnorb.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
-        return C.pack_batch([patches, y], [y, patches])
-
-
-class PatchBatches(ShiftedBatches):
-    """CIFAR-10 training batches ([patches, y], [y, patches]) of cifar10.train_batch: x
-    [N, 32, 32, 3] -> uniform random 24x24 crops [B, 24, 24, 3], a pure function of (seed,
-    epoch, index); y one-hot [N, 10]."""
-
-    def __init__(self, x, y, batch_size, seed=None, workers=1):
-        super(PatchBatches, self).__init__(x, y, batch_size, max_shift=0, seed=seed,
-                                           workers=workers)
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        patches, y = cifar10.train_batch(self.x, self.y, idx, self.seed, self.epoch, index)
-        return C.pack_batch([patches, y], [y, patches])
-
-
-class ClassifierBatches(C.Sequence):
-    """Wraps CapsNet batches ([x, y, ...], [y, x, ...]) as (x, y) for a plain classifier
-    (--model cnn); y: the labels the margin loss takes (MultiMNIST: two-hot)."""
-
-    def __init__(self, batches):
-        super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
-        self.batches = batches
-        self.workers_wanted = batches.workers_wanted
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        inputs, targets = self.batches[index]
-        return inputs[0], targets[0]
-
-    def set_epoch(self, epoch):
-        self.batches.set_epoch(epoch)
-
-    def on_epoch_end(self):
-        self.batches.on_epoch_end()
 
 
 # ---------------------------------------------------------------- callbacks
@@ -589,7 +441,7 @@ def train(model, batches, validation_data, folder, epochs, schedule, monitor,
            log,
            WeightsCheckpoint(folder, nan_guard, template, keep=keep_checkpoints),
            BestWeights(best_path, monitor, best, template, nan_guard)] + list(extra_callbacks)
-    if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (see ShiftedBatches)
+    if C.KERAS3:  # keras 2.2.4's enqueuer calls on_epoch_end itself (batches.Batches)
         cbs.append(BatchesEpoch(batches))
     # a resumed run reads the batches the uninterrupted run would: they depend on (seed,
     # epoch, index) only, so restoring the epoch restores the data order and the shifts

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import affnist_loader as A
+import batches as B
 import training
 import utils
 from compat import UserError
@@ -180,7 +181,7 @@ def test_translated_batches_replace_digits_every_epoch(mnist_test):
     import capsulenet
     x28, y = mnist_test
     centred = A.pad_to_canvas(x28[:20])
-    batches = training.TranslatedBatches(centred, y[:20], batch_size=10, seed=3)
+    batches = B.ShiftedBatches(centred, y[:20], 10, 0, seed=3, augment=A.random_translation)
     (x1, y1), (t_y, t_x) = batches[0]
     assert x1.shape == (10, 40, 40, 1)
     np.testing.assert_array_equal(t_x, x1)
@@ -195,7 +196,7 @@ def test_translated_batches_replace_digits_every_epoch(mnist_test):
         for i, x in zip(batches.order[start:start + 10], xb):
             moved += i in first and not np.array_equal(first[i], x)
     assert moved >= 7
-    x_only, y_only = training.ClassifierBatches(batches)[0]
+    x_only, y_only = B.ClassifierBatches(batches)[0]
     assert x_only.shape == (10, 40, 40, 1) and y_only.shape == (10, 10)
 
 

@@ -8,6 +8,7 @@ import pytest
 import compat as C
 import h5weights  # noqa: E402
 import capsulenet
+import batches as B
 import training
 import utils
 from capsulelayers import FCCaps, efficient_squash
@@ -171,7 +172,7 @@ def test_efficient_augment_moves_digits_as_the_reference_does():
 def test_batches_use_the_augment_function():
     x = np.ones((5, 4, 4, 1), 'float32')
     y = np.eye(10, dtype='float32')[:5]
-    batches = training.ShiftedBatches(x, y, 2, 0, seed=0,
+    batches = B.ShiftedBatches(x, y, 2, 0, seed=0,
                                         augment=lambda images, rng: images * 0 + 0.5)
     (bx, by), (ty, tx) = batches[0]
     assert np.all(np.asarray(bx) == 0.5) and np.all(np.asarray(tx) == 0.5)
@@ -188,7 +189,7 @@ def test_short_training_run_learns():
     C.set_seed(1)
     train_model, eval_model, _ = capsulenet.EfficientCapsNet((28, 28, 1), 10, bn_momentum=0.9)
     capsulenet.compile_model(train_model, 2e-3, 0.392)
-    batches = training.ShiftedBatches(x_train, y_train, 16, 0, seed=1)
+    batches = B.ShiftedBatches(x_train, y_train, 16, 0, seed=1)
     C.fit(train_model, batches, epochs=3, verbose=0)
     lengths, _ = eval_model.predict(x_test, verbose=0)
     accuracy = np.mean(lengths.argmax(1) == y_test.argmax(1))

@@ -65,7 +65,7 @@ def test_one_training_step_lowers_the_loss():
 def test_fit_traces_the_train_step_once():
     # Keras 3 + TensorFlow traced it twice (its first trace built the loss trackers' variables)
     # until compat.fit built them first; JAX traces once; torch runs it eagerly, once per step
-    import training
+    import batches as B
     C.clear_session(free_memory=False)
     model, _, _ = CapsNet((28, 28, 1), 10, 1, **SMALL)
     compile_model(model, 1e-3, 0.392)
@@ -75,7 +75,7 @@ def test_fit_traces_the_train_step_once():
     rng = np.random.RandomState(0)
     x = rng.rand(8, 28, 28, 1).astype('float32')
     y = np.eye(10, dtype='float32')[rng.randint(0, 10, 8)]
-    C.fit(model, training.ShiftedBatches(x, y, 4, 0, seed=0), epochs=1, verbose=0)
+    C.fit(model, B.ShiftedBatches(x, y, 4, 0, seed=0), epochs=1, verbose=0)
     assert len(calls) == (2 if C.BACKEND == 'torch' else 1)
 
 

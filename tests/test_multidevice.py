@@ -93,7 +93,7 @@ def test_unsupported_set_up_is_one_line(tmp_path, capsys):
 def test_batches_depend_on_seed_epoch_index_only():
     """Same batch whatever the order / number of reads (prefetching, peeks); every sample once
     per epoch; a new order and new shifts in the next epoch."""
-    from training import ShiftedBatches
+    from batches import ShiftedBatches
     x = np.random.RandomState(0).rand(50, 8, 8, 1).astype('float32')
     y = np.eye(10, dtype='float32')[np.arange(50) % 10]
     first, second = ShiftedBatches(x, y, 20, 2, seed=3), ShiftedBatches(x, y, 20, 2, seed=3)

@@ -9,7 +9,7 @@ import pytest
 import capsulenet
 import compat as C
 import multimnist as mm
-import training
+import batches as B
 import utils
 from helpers import TINY, TINY_FLAGS, accuracy_from, run_main
 from tensors import evaluate
@@ -79,7 +79,7 @@ def test_model_loss_and_metric_equal_numpy_references(digits, model):
     x, y = digits
     train_model, _, manipulate_model = tiny_models(model)
     capsulenet.compile_model(train_model, 1e-3, 0.392, capsulenet.MODELS[model], digits=2)
-    (images, y_1, y_2), (two_hot, first, second) = training.OverlayBatches(x, y, 16, seed=5)[0]
+    (images, y_1, y_2), (two_hot, first, second) = B.OverlayBatches(x, y, 16, seed=5)[0]
     logs = evaluate_dict(train_model, [images, y_1, y_2], [two_hot, first, second])
     lengths, recon_1, recon_2 = train_model.predict([images, y_1, y_2], verbose=0)
     margin = mm.np_margin_loss(two_hot, lengths).mean()
@@ -98,7 +98,7 @@ def test_model_loss_and_metric_equal_numpy_references(digits, model):
 def test_eval_model_reconstructs_longest_and_second_longest(digits):
     x, y = digits
     _, eval_model, manipulate_model = tiny_models()
-    images = training.OverlayBatches(x, y, 8, seed=1)[0][0][0]
+    images = B.OverlayBatches(x, y, 8, seed=1)[0][0][0]
     lengths, recon_a, recon_b = eval_model.predict(images, verbose=0)
     order = np.argsort(-lengths, axis=1)
     zero = np.zeros((len(images), 10, 16), 'float32')
@@ -123,7 +123,7 @@ def test_two_colour_tiles():
 # ---------------------------------------------------------------- batches
 def test_overlay_batches_are_multimnist_overlay_batch(digits):
     x, y = digits
-    batches = training.OverlayBatches(x, y, 16, seed=7)
+    batches = B.OverlayBatches(x, y, 16, seed=7)
     batches.set_epoch(2)
     (images, y_1, y_2), (two_hot, first, second) = batches[1]
     order = mm.epoch_order(len(x), 7, 2)
@@ -133,7 +133,7 @@ def test_overlay_batches_are_multimnist_overlay_batch(digits):
     np.testing.assert_array_equal(y_1.argmax(1), expected[4][:, 0])
     np.testing.assert_array_equal(y_2.argmax(1), expected[4][:, 1])
     np.testing.assert_array_equal(y_1 + y_2, two_hot)
-    cnn_x, cnn_y = training.ClassifierBatches(batches)[1]
+    cnn_x, cnn_y = B.ClassifierBatches(batches)[1]
     np.testing.assert_array_equal(cnn_x, images)
     np.testing.assert_array_equal(cnn_y, two_hot)
     assert len(batches) == 3

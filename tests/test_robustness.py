@@ -227,7 +227,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, monkeypatch, save
     rng = np.random.RandomState(0)
     x = np.full((100, 28, 28, 1), np.nan, dtype='float32')
     y = utils.to_categorical(rng.randint(0, 10, 100), 10)
-    monkeypatch.setitem(datasets.DATASETS, 'mnist', lambda **kwargs: ((x, y), (x[:50], y[:50]), None))
+    monkeypatch.setitem(datasets.DATASETS, 'mnist', datasets.DATASETS['mnist']._replace(
+        loader=lambda **kwargs: ((x, y), (x[:50], y[:50]), None)))
     before = snapshot(save_dir)
     code, out, err = run_main(capsys, '--resume', '--epochs', '3', '--save_dir', save_dir, *TINY)
     assert_one_error_line(code, err, 'NaN')

@@ -9,7 +9,7 @@ import pytest
 import capsulenet
 import compat as C
 import smallnorb as sn
-import training
+import batches as B
 from compat import layers, models
 from helpers import accuracy_from, assert_one_error_line, run_main
 from test_smallnorb import fake_norb, name, write_norb
@@ -62,7 +62,7 @@ def test_crop_batches_are_smallnorb_train_batch():
     rng = np.random.RandomState(2)
     x = rng.normal(size=(10, 64, 64, 2)).astype('float32')
     y = np.eye(5, dtype='float32')[np.arange(10) % 5]
-    batches = training.CropBatches(x, y, 4, seed=3)
+    batches = B.CropBatches(x, y, 4, sn.train_batch, seed=3)
     batches.set_epoch(1)
     (patches, labels), (target_y, target_x) = batches[2]
     order = sn.epoch_order(10, 3, 1)
