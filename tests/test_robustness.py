@@ -1141,7 +1141,7 @@ def test_out_of_memory_names_the_size_to_lower(capsys, monkeypatch, tmp_path, da
     code, out, err = run_main(capsys, '--epochs', '1', '--data_dir', data_dir,
                               '--save_dir', save_dir, *TINY)
     assert_one_error_line(code, err, message)
-    assert os.listdir(str(save_dir)) == []
+    assert set(os.listdir(str(save_dir))) <= {'model.json'}  # no run to keep
 
 
 # Runs capsulenet.py as __main__ with Ctrl-C arriving as it starts importing compat (Keras,
