@@ -7,9 +7,11 @@
 The arguments are capsulenet.py's (--save_dir: a temporary folder unless given). Its training
 runs as the command line runs it (model, batches, validation data, callbacks, checkpoints),
 with a timing callback; before it, in the same process on the same compiled model, it times
-(a) one epoch's batches (built first, their augmentation timed apart) through
-train_on_batch alone and (c) the validation data through evaluate alone, at the CLI's batch
-size. The first epoch also builds fit's data pipelines: the last is the one compared. Being ratios within one process, the figures hold on a CPU shared with other work.
+(a) one epoch's batches (built first, their augmentation timed apart; the first
+ALONE_BATCHES of them, scaled to the epoch) through train_on_batch alone and (c) the
+validation data through evaluate alone, at the CLI's batch size. The first epoch also
+builds fit's data pipelines: the last is the one compared. Being ratios within one
+process, the figures hold better than absolute times on a CPU shared with other work.
 
 Prints one JSON line per epoch (seconds): `epoch` (epoch start to the end of the last
 callback), `start_wait` (epoch start to its first batch), `steps` (the batches inside fit),
@@ -31,6 +33,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 import compat as C  # noqa: E402
 import capsulenet  # noqa: E402
 import training  # noqa: E402
+
+
+# batches timed alone: enough for a steady figure, few enough for a quiet CPU's minutes
+ALONE_BATCHES = 30
 
 
 class EpochTimes(C.callbacks.Callback):
@@ -91,18 +97,19 @@ def _head(data, n):
     return [x[:n] for x in data] if isinstance(data, (list, tuple)) else data[:n]
 
 
-def time_alone(model, batches, validation_data, batch_size):
-    """(a) and (c): one epoch's batches through train_on_batch, then evaluate on the
-    validation data at batch_size, in seconds, each after an untimed call (its tracing for
-    these shapes); and the time the batches took to build (augmentation)."""
+def time_alone(model, batches, validation_data, batch_size, most=ALONE_BATCHES):
+    """(a) and (c): one epoch's batches through train_on_batch (the first `most` of them,
+    the time scaled to all), then evaluate on the validation data at batch_size, in seconds,
+    each after an untimed call (its tracing for these shapes); and the time all the
+    batches took to build (augmentation)."""
     start = time.perf_counter()
     data = [batches[i] for i in range(len(batches))]
     augment = time.perf_counter() - start
     model.train_on_batch(*data[0])
     start = time.perf_counter()
-    for x, y in data:
+    for x, y in data[:most]:
         model.train_on_batch(x, y)
-    steps = time.perf_counter() - start
+    steps = (time.perf_counter() - start) * len(data) / len(data[:most])
     x, y = validation_data
     model.evaluate(_head(x, batch_size), _head(y, batch_size), batch_size=batch_size, verbose=0)
     start = time.perf_counter()
