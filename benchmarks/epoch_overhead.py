@@ -136,8 +136,9 @@ def measure(argv, out=sys.stdout):
         rows.extend(dict(epoch_parts(e), row='epoch %d' % (i + 1))
                     for i, e in enumerate(timer.epochs))
         last = rows[-1]['epoch']
+        both = alone['steps'] + alone['validation']
         rows.append(dict(alone, row='alone', overhead=last / alone['steps'] - 1,
-                         overhead_beyond_inference=last / (alone['steps'] + alone['validation']) - 1))
+                         overhead_beyond_inference=last / both - 1))
         raise _Measured()
 
     if '--save_dir' not in argv:

@@ -81,7 +81,7 @@ def test_fit_traces_the_train_step_once():
 
 @pytest.mark.skipif(not C.KERAS3, reason='keras 2.2.4 validates at the training batch size')
 def test_training_validates_at_the_training_batch_size(tmp_path):
-    # Keras 3 validates arrays 32 at a time unless told: on a CPU ~1.7x the time of batch 100
+    # Keras 3 validates arrays 32 at a time unless told: 3x the steps of batch 100
     import training
     from helpers import NANO
     from runfolder import RunFolder
