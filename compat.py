@@ -253,16 +253,18 @@ def loader_kwargs(workers):
 
 
 def fit(model, train_data, epochs, validation_data=None, callbacks_list=None, initial_epoch=0,
-        verbose=1, workers=1):
+        verbose=1, workers=1, validation_batch_size=None):
     """Trains on a keras Sequence / PyDataset of ((inputs), (targets)) batches, prepared by
-    `workers` processes (1: in this one; Keras 3 reads it from the PyDataset)."""
+    `workers` processes (1: in this one; Keras 3 reads it from the PyDataset).
+    validation_batch_size: of the validation arrays on Keras 3 (its default: 32); keras
+    2.2.4 validates at the size of the last training batch."""
     # shuffle=False: the Sequence shuffles its samples itself, reproducibly (Keras would
     # also permute the batch order with Python's random, differently on several devices)
     kwargs = dict(epochs=epochs, validation_data=validation_data, callbacks=callbacks_list,
                   initial_epoch=initial_epoch, verbose=verbose, shuffle=False)
     if KERAS3:
         _build_before_tracing(model, train_data)
-        return model.fit(train_data, **kwargs)
+        return model.fit(train_data, validation_batch_size=validation_batch_size, **kwargs)
     return model.fit_generator(train_data, steps_per_epoch=len(train_data), workers=workers,
                                use_multiprocessing=workers > 1, **kwargs)
 

@@ -213,3 +213,34 @@ def test_bad_input_is_one_line_before_any_worker(monkeypatch, capsys, flags, mes
     monkeypatch.setattr(bench.subprocess, 'run', no_worker)
     code, _, err = run_main(capsys, '--backends', C.BACKEND, *flags, main=bench.main)
     assert_one_error_line(code, err, message)
+
+
+@pytest.mark.train_cli
+def test_epoch_overhead_splits_the_cli_epoch(tmp_path):
+    import io
+    import epoch_overhead
+    from helpers import TINY_FLAGS, fake_mnist
+    data = str(tmp_path / 'mnist')
+    fake_mnist(data, 16, 8)
+    out = io.StringIO()
+    C.clear_session(free_memory=False)
+    code = epoch_overhead.measure(['--data_dir', data, '--save_dir', str(tmp_path / 'run'),
+                                   '--train_samples', '8', '--batch_size', '4', '--epochs', '2',
+                                   '--seed', '0'] + TINY_FLAGS, out)
+    assert code == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r['row'] for r in rows] == ['epoch 1', 'epoch 2', 'alone']
+    for row in rows[:2]:
+        assert row['batches'] == 2 and row['steps'] > 0
+        parts = ['start_wait', 'steps', 'between', 'callbacks']
+        if C.KERAS3:  # keras 2.2.4 calls no test callbacks inside fit
+            parts += ['to_validation', 'validation']
+            assert row['validation'] > 0
+        assert abs(sum(row[p] for p in parts) - row['epoch']) <= 0.01 + 0.01 * row['epoch']
+    alone = rows[-1]
+    assert alone['batch_size'] == 4 and alone['steps'] > 0 and alone['validation'] > 0
+    # the last epoch over the steps alone, each printed to 3 decimals
+    rounding = 0.001 * (alone['overhead'] + 2 + alone['steps'])
+    assert abs((alone['overhead'] + 1) * alone['steps'] - rows[1]['epoch']) <= rounding
+    # the run's own files were written as the command line writes them
+    assert os.path.isfile(str(tmp_path / 'run' / 'log.csv'))

@@ -79,6 +79,32 @@ def test_fit_traces_the_train_step_once():
     assert len(calls) == (2 if C.BACKEND == 'torch' else 1)
 
 
+@pytest.mark.skipif(not C.KERAS3, reason='keras 2.2.4 validates at the training batch size')
+def test_training_validates_at_the_training_batch_size(tmp_path):
+    # Keras 3 validates arrays 32 at a time unless told: 3x the steps of batch 100
+    import training
+    from helpers import NANO
+    from runfolder import RunFolder
+    C.clear_session(free_memory=False)
+    model, _, _ = CapsNet((28, 28, 1), 10, 1, **NANO)
+    compile_model(model, 1e-3, 0.392)
+    rng = np.random.RandomState(0)
+    x = rng.rand(12, 28, 28, 1).astype('float32')
+    y = np.eye(10, dtype='float32')[rng.randint(0, 10, 12)]
+    sizes = []
+
+    class Sizes(C.callbacks.Callback):
+        def on_test_batch_begin(self, batch, logs=None):
+            sizes.append(batch)
+
+    folder = RunFolder(str(tmp_path))
+    folder.prepare()
+    training.train(model, training.ShiftedBatches(x[:8], y[:8], 4, 0, seed=0),
+                   ([x, y], [y, x]), folder, 1, lambda epoch: 1e-3, 'val_capsnet_accuracy',
+                   extra_callbacks=[Sizes()])
+    assert sizes == [0, 1, 2]  # 12 validation images, 4 a batch
+
+
 def test_weights_round_trip_through_legacy_h5(tmp_path):
     C.clear_session(free_memory=False)
     model, eval_model, _ = CapsNet((28, 28, 1), 10, 3, **SMALL)
