@@ -124,6 +124,7 @@ class ClassifierBatches(C.Sequence):
     def __init__(self, batches):
         super(ClassifierBatches, self).__init__(**C.loader_kwargs(batches.workers_wanted))
         self.batches = batches
+        self.batch_size = batches.batch_size
         self.workers_wanted = batches.workers_wanted
 
     def __len__(self):

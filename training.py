@@ -448,10 +448,9 @@ def train(model, batches, validation_data, folder, epochs, schedule, monitor,
     batches.set_epoch(initial_epoch)
     # validation at the training batch size, as keras 2.2.4 does (Keras 3 takes 32 a step
     # unless told: 3x the steps; its figures are per-image means either way, docs/speed.md)
-    size = getattr(batches, 'batch_size', None) or batches.batches.batch_size  # ClassifierBatches
     C.fit(model, batches, epochs=epochs, callbacks_list=cbs, initial_epoch=initial_epoch,
           validation_data=validation_data, workers=batches.workers_wanted,
-          validation_batch_size=size)
+          validation_batch_size=batches.batch_size)
     if nan_guard.where is not None:
         epoch, batch = nan_guard.where
         last = folder.latest_checkpoint()

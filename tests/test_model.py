@@ -82,6 +82,7 @@ def test_fit_traces_the_train_step_once():
 @pytest.mark.skipif(not C.KERAS3, reason='keras 2.2.4 validates at the training batch size')
 def test_training_validates_at_the_training_batch_size(tmp_path):
     # Keras 3 validates arrays 32 at a time unless told: 3x the steps of batch 100
+    import batches as B
     import training
     from helpers import NANO
     from runfolder import RunFolder
@@ -99,7 +100,7 @@ def test_training_validates_at_the_training_batch_size(tmp_path):
 
     folder = RunFolder(str(tmp_path))
     folder.prepare()
-    training.train(model, training.ShiftedBatches(x[:8], y[:8], 4, 0, seed=0),
+    training.train(model, B.ShiftedBatches(x[:8], y[:8], 4, 0, seed=0),
                    ([x, y], [y, x]), folder, 1, lambda epoch: 1e-3, 'val_capsnet_accuracy',
                    extra_callbacks=[Sizes()])
     assert sizes == [0, 1, 2]  # 12 validation images, 4 a batch
