@@ -178,7 +178,6 @@ def test_translated_mnist_places_whole_digits_seeded(mnist_test):
 
 
 def test_translated_batches_replace_digits_every_epoch(mnist_test):
-    import capsulenet
     x28, y = mnist_test
     centred = A.pad_to_canvas(x28[:20])
     batches = B.ShiftedBatches(centred, y[:20], 10, 0, seed=3, augment=A.random_translation)

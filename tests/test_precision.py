@@ -1,6 +1,4 @@
 """--mixed_precision: bf16/fp16 compute with float32 variables, capsule math in float32."""
-import os
-
 import numpy as np
 import pytest
 
