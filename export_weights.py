@@ -31,7 +31,7 @@ import evaluation
 import h5weights
 import utils
 from modelcard import parse_option  # checked_options checks its value as capsulenet.py does
-from safeio import OneLineParser, UserError, atomic_write, run_cli
+from safeio import OneLineParser, UserError, atomic_write, read_json_object, run_cli
 from viewer import model_options
 
 FIRST = 500  # the test images a CI test classifies with the shipped file
@@ -101,14 +101,7 @@ def read_manifest(path):
     cannot be read or is not a JSON object (it is left as it is, not replaced)."""
     if not os.path.exists(path):
         return {}
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
-        raise UserError('cannot read %s (mend or move it): %s' % (path, e))
-    if not isinstance(manifest, dict):
-        raise UserError('%s is not a JSON object {file name: entry} (mend or move it)' % path)
-    return manifest
+    return read_json_object(path, 'a JSON object {file name: entry}')
 
 
 def checked_options(model, options):

@@ -22,7 +22,7 @@ import os
 
 import cifar10
 import own_data
-from safeio import UserError, atomic_write
+from safeio import UserError, atomic_write, read_json_object
 
 FILE = 'model.json'  # RunFolder.MODEL
 MANIFEST = 'manifest.json'  # export_weights.py's, beside the shipped files
@@ -90,16 +90,7 @@ def card_of(entry, source):
 
 def _read_json(path):
     """The JSON object in path; UserError when it is none."""
-    try:
-        if os.path.getsize(path) > MAX_BYTES:
-            raise UserError('%s is %d bytes: not a model record' % (path, os.path.getsize(path)))
-        with open(path) as f:
-            entry = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
-        raise UserError('cannot read %s (mend or move it): %s' % (path, e))
-    if not isinstance(entry, dict):
-        raise UserError('%s is not a JSON object' % path)
-    return entry
+    return read_json_object(path, 'a JSON object (a model record)', MAX_BYTES)
 
 
 def beside(weights):

@@ -1,16 +1,18 @@
-"""User-facing errors and crash-safe file writes; no Keras, so every module may import it.
+"""User-facing errors, crash-safe file writes and checked JSON reads; no Keras, so every module may import it.
 
 UserError: a problem with the user's input (file, flag, data), printed by the command lines as
 one `error:` line, never a traceback (one_line: any message made one line). OneLineParser:
 argparse whose bad flags are such a line too (every command line's parser). atomic_write: write
 a temp file, rename it over the target; remove_stale_temps: clear the temp files of writers that
-were killed mid-write.
+were killed mid-write. read_json_object: a small JSON file the user may have edited, read into a
+dict or refused in one line.
 run_cli: every command line's body runs in it (one `error:` line, exit codes 0 / 2 / 130);
 interrupt_is_one_line: Ctrl-C or a UserError before a command line's own handler runs gives one
 line too.
 """
 import argparse
 import contextlib
+import json
 import os
 import re
 import sys
@@ -141,3 +143,18 @@ def run_cli(body):
         print('\n' + advice, file=sys.stderr)
         return 130
     return 0 if code is None else code
+
+
+def read_json_object(path, what='a JSON object', max_bytes=None):
+    """The JSON object (a dict) in the file at path; UserError naming path when it cannot be
+    read, is not JSON, is larger than max_bytes, or holds something else than `what` says."""
+    try:
+        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+            raise UserError('%s is %d bytes: not %s' % (path, os.path.getsize(path), what))
+        with open(path) as f:
+            entry = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
+        raise UserError('cannot read %s (mend or move it): %s' % (path, e))
+    if not isinstance(entry, dict):
+        raise UserError('%s is not %s (mend or move it)' % (path, what))
+    return entry
