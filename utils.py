@@ -323,7 +323,7 @@ PLOT_LIMIT = 1e100
 
 
 def _plottable(values, low=-PLOT_LIMIT, high=PLOT_LIMIT, positive=False):
-    """values as a float array with NaN where they cannot be drawn: not finite, outside
+    """values as a float array with NaN where they cannot be plotted: not finite, outside
     [low, high], or (positive=True, a log axis) <= 0. Returns (array, number masked)."""
     v = np.asarray(values, dtype='float64')
     with np.errstate(invalid='ignore'):
@@ -375,7 +375,7 @@ def plot_log(csv_paths, out_path=None, show=False):
     One file: every loss column and every accuracy column against epoch. Several files
     (a comparison): each file's test error (100 - validation accuracy, %, log scale) per
     epoch, then its training loss (log scale), labelled by configuration (config_of). Values
-    that cannot be drawn (NaN, inf, |v| > PLOT_LIMIT, an accuracy outside [0, 1], <= 0 on a
+    that cannot be plotted (NaN, inf, |v| > PLOT_LIMIT, an accuracy outside [0, 1], <= 0 on a
     log axis) are left out, and the figure says how many.
     """
     frames = read_logs(csv_paths)
@@ -438,7 +438,7 @@ def _decorate(fig, axes, comparison, left_out):
             ax.legend(fontsize='small')
         ax.grid(True, which='both', alpha=0.3)
     if left_out:
-        fig.text(0.01, 0.005, '%d values not drawn (NaN, inf or out of range)' % left_out,
+        fig.text(0.01, 0.005, '%d values not plotted (NaN, inf or out of range)' % left_out,
                  fontsize='small')
     fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
 
@@ -561,12 +561,12 @@ def _squeeze_width(image, pixels, offset):
 
 
 def _half_normal(rng, n):
-    """n draws of min(|N(0, 0.33)|, 0.9999): the reference's magnitude for shift and squeeze."""
+    """n samples of min(|N(0, 0.33)|, 0.9999): the reference's magnitude for shift and squeeze."""
     return np.minimum(np.abs(rng.normal(0, .33, n)), .9999)
 
 
 def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
-    """Efficient-CapsNet's MNIST augmentation with NumPy/SciPy/PIL, as its reference code draws
+    """Efficient-CapsNet's MNIST augmentation with NumPy/SciPy/PIL, as its reference code samples
     it (EscVM/Efficient-CapsNet utils/pre_process_mnist.py), in its order.
 
     images: [batch, H, W, C] in [0, 1] -> same shape. Per image:
@@ -588,7 +588,7 @@ def efficient_augment(images, rng, max_angle=30., max_squeeze=7, erase_size=4):
             image = _rotate_about(image, int(max_angle * turn), h / 2., w / 2.)
         top, bottom, left, right = _free_margins(image)
         down, rightward = rng.rand(2) < 0.5
-        mx, my = _half_normal(rng, 2)  # x from the first draw, y from the second, as there
+        mx, my = _half_normal(rng, 2)  # x from the first sample, y from the second, as there
         dy = np.floor(my * (1 + bottom)) if down else np.floor(-my * top)
         dx = np.floor(mx * (1 + right)) if rightward else np.floor(-mx * left)
         image = _shift_zero_fill(image, int(dy), int(dx))
