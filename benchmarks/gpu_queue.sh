@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_queue.sh wheels        # HERE, once: Keras 3 + namex + optree (py3.12
 #                                              # wheels) and idx2numpy (sdist) into .whl/
 #   then device `run`s with carry [".whl"] and timeout_s 590 (a call may run 10 minutes), e.g.
-#   "bash benchmarks/gpu_queue.sh smoke capsnet" first, then "SECS=520 bash ... capsnet bench"
+#   "bash benchmarks/gpu_queue.sh smoke table1" first, then "SECS=520 bash ... table1" while
+#   Table 1 lacks runs, then "capsnet bench"
 #
 # Steps (each writes what comes back under $OUT, at most 8 files a call: logs, weights split
 # into 15 MiB parts with their sha256, the device's name):
@@ -14,12 +15,44 @@
 #                    /tmp/runs/capsnet_r3 on the device; is stopped after $SECS seconds (default
 #                    420; killed mid-epoch, it resumes from the epoch before) and continues with
 #                    --resume in the next call while the machine is warm (as many epochs as fit)
+#   table1           the Table 1 configurations named in $CONFIGS (default: the four the CPU logs
+#                    in CSV_data/table1/ lack), side by side on the GPU, bf16, --seed 0 (a
+#                    name's _seedN says otherwise), 30 epochs (r3_recon 50), in /tmp/runs/NAME; stopped after
+#                    $SECS seconds (default 480) and continued with --resume in the next call
+#                    while the machine is warm; brings back each log as table1_NAME.csv
+#   flags            (here) prints the training flags table1 would use for each of $CONFIGS
 #   bench            benchmarks/bench.py: routings 1/2/3, float32 and bf16, batch 100
 # Reassemble weights here: cat capsnet_r3_best.h5.part-* > best_model.h5, then
 # python export_weights.py --model capsnet -w best_model.h5 --out pretrained/capsnet_r3.h5 --log ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -gt 0 ] || { echo "error: name steps: wheels, or smoke / capsnet / bench"; exit 2; }
+[ $# -gt 0 ] || { echo "error: name steps: wheels, or smoke / capsnet / table1 / bench"; exit 2; }
+
+table1_flags() {  # a Table 1 configuration's name -> its training flags (CSV_data/README.md)
+  local seed=0
+  case "$1" in *_seed[0-9]) seed="${1##*_seed}" ;; esac
+  case "${1%_seed[0-9]}" in
+    r1_recon) echo "--routings 1 --lam_recon 0.392" ;;
+    r2_recon) echo "--routings 2 --lam_recon 0.392" ;;
+    r3_recon) echo "--routings 3 --lam_recon 0.392" ;;
+    r1_norecon) echo "--routings 1 --lam_recon 0" ;;
+    r3_norecon) echo "--routings 3 --lam_recon 0" ;;
+    cnn) echo "--model cnn" ;;
+    *) return 1 ;;
+  esac
+  local epochs=30
+  [ "$1" = r3_recon ] && epochs=50  # Table 1's main row; its other seeds run 30
+  echo "--seed $seed --epochs $epochs --mixed_precision bf16"
+}
+CONFIGS="${CONFIGS:-r3_norecon r1_norecon cnn r2_recon}"
+for name in $CONFIGS; do  # before the machine's time is spent on anything
+  table1_flags "$name" > /dev/null || { echo "error: unknown Table 1 configuration $name"; exit 2; }
+done
+
+if [ "$1" = flags ]; then  # what table1 would run, a configuration a line
+  for name in $CONFIGS; do echo "$name:" $(table1_flags "$name"); done
+  exit 0
+fi
 
 if [ "$1" = wheels ]; then  # on this (networked) machine
   mkdir -p .whl
@@ -76,9 +109,22 @@ PY
     echo "capsnet: rc $? (${more[*]})" >> "$OUT/capsnet_stdout.txt"
     tail -c 8000 "$OUT/capsnet_stdout.txt" > "$OUT/capsnet_r3_tail.txt" && rm "$OUT/capsnet_stdout.txt"
     bring_back "$dir" capsnet_r3 ;;
+  table1)
+    # several small processes keep one GPU busier than one; each takes a share of its memory
+    export XLA_PYTHON_CLIENT_PREALLOCATE=false
+    mkdir -p /tmp/runs
+    for name in $CONFIGS; do
+      timeout "${SECS:-480}" python3 capsulenet.py $(table1_flags "$name") \
+        --save_dir "/tmp/runs/$name" --resume >> "/tmp/runs/$name.out" 2>&1 &
+    done
+    wait
+    for name in $CONFIGS; do
+      cp "/tmp/runs/$name/log.csv" "$OUT/table1_$name.csv" 2>/dev/null
+      { echo "== $name"; tail -c 1500 "/tmp/runs/$name.out"; echo; } >> "$OUT/table1_tail.txt"
+    done ;;
   bench)
     python3 benchmarks/bench.py --backends jax --routings 1,2,3 --precision off,bf16 \
       --steps 20 --warmup 3 --out "$OUT/bench_gpu.md" > "$OUT/bench.txt" 2>&1
     echo "bench: rc $?" >> "$OUT/bench.txt" ;;
-  *) echo "error: unknown step $step (smoke, capsnet, bench)"; exit 2 ;;
+  *) echo "error: unknown step $step (smoke, capsnet, table1, bench)"; exit 2 ;;
 esac; done

@@ -244,3 +244,35 @@ def test_epoch_overhead_splits_the_cli_epoch(tmp_path):
     assert abs((alone['overhead'] + 1) * alone['steps'] - rows[1]['epoch']) <= rounding
     # the run's own files were written as the command line writes them
     assert os.path.isfile(str(tmp_path / 'run' / 'log.csv'))
+
+
+def _gpu_queue(*steps, configs):
+    import subprocess
+    env = dict(os.environ, CONFIGS=configs)
+    env.pop('OUT', None)
+    return subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu_queue.sh')] + list(steps),
+                          capture_output=True, text=True, env=env)
+
+
+def test_gpu_queue_table1_flags_are_the_logged_commands():
+    """The GPU step trains each Table 1 configuration with the flags CSV_data/README.md lists
+    for its CPU log, so a log from either machine is the same experiment."""
+    import re
+    with open(os.path.join(ROOT, 'CSV_data', 'README.md')) as f:
+        section = f.read().split('<!-- TABLE1-LOGS -->')[1].split('<!-- /TABLE1-LOGS -->')[0]
+    rows = re.findall(r'^\| `(\w+)\.csv` \|.*`CAPSNET_THREADS=1 python capsulenet.py ([^`]*)`',
+                      section, flags=re.M)
+    assert len(rows) >= 6
+    proc = _gpu_queue('flags', configs=' '.join(name for name, _ in rows))
+    assert proc.returncode == 0, proc.stderr
+    printed = dict(line.split(': ', 1) for line in proc.stdout.splitlines())
+    flags = lambda command: set(re.findall(r'--\w+ [^-\s]\S*', command)) - set(  # noqa: E731
+        re.findall(r'--save_dir \S+', command))
+    for name, command in rows:
+        assert flags(printed[name]) == flags(command), name
+
+
+def test_gpu_queue_refuses_an_unknown_configuration():
+    proc = _gpu_queue('table1', configs='r3_recon r9_recon')
+    assert proc.returncode == 2
+    assert proc.stdout.strip() == 'error: unknown Table 1 configuration r9_recon'
