@@ -168,3 +168,28 @@ def test_set_github_rewrites_every_copy(tmp_path):
     assert "'https://github.com/someone/capsnets'" in _setup_cell(str(tmp_path / 'notebooks' / 'train.ipynb'))
     with pytest.raises(SystemExit):
         nbsetup.set_github('not a repository', root=str(tmp_path))
+
+
+def _table_lines(text):
+    """The lines of a Markdown text that are table rows in its source (outside code fences),
+    less the header separators."""
+    rows, fence = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith('```'):
+            fence = not fence
+        elif not fence and line.startswith('|') and not set(line) <= set('|-: '):
+            rows.append(line)
+    return rows
+
+
+def test_every_markdown_table_row_renders_as_a_row():
+    """A line between a table's rows (an HTML comment marking a generated part, say) ends the
+    table, and GitHub shows the rows after it as one paragraph of pipes."""
+    markdown_it = pytest.importorskip('markdown_it')
+    md = markdown_it.MarkdownIt('commonmark').enable('table')
+    paths = glob.glob(os.path.join(ROOT, '*.md')) + glob.glob(os.path.join(ROOT, '*', '*.md'))
+    for path in paths:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        rendered = sum(token.type == 'tr_open' for token in md.parse(text))
+        assert rendered == len(_table_lines(text)), os.path.relpath(path, ROOT)
