@@ -2,6 +2,8 @@
 FLOP count matches a hand count; its step profile has every part; bad flags are one line."""
 import json
 import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -247,7 +249,6 @@ def test_epoch_overhead_splits_the_cli_epoch(tmp_path):
 
 
 def _gpu_queue(*steps, configs):
-    import subprocess
     env = dict(os.environ, CONFIGS=configs)
     env.pop('OUT', None)
     return subprocess.run(['bash', os.path.join(ROOT, 'benchmarks', 'gpu_queue.sh')] + list(steps),
@@ -257,7 +258,6 @@ def _gpu_queue(*steps, configs):
 def test_gpu_queue_table1_flags_are_the_logged_commands():
     """The GPU step trains each Table 1 configuration with the flags CSV_data/README.md lists
     for its CPU log, so a log from either machine is the same experiment."""
-    import re
     with open(os.path.join(ROOT, 'CSV_data', 'README.md')) as f:
         section = f.read().split('<!-- TABLE1-LOGS -->')[1].split('<!-- /TABLE1-LOGS -->')[0]
     rows = re.findall(r'^\| `(\w+)\.csv` \|.*`CAPSNET_THREADS=1 python capsulenet.py ([^`]*)`',
@@ -266,10 +266,13 @@ def test_gpu_queue_table1_flags_are_the_logged_commands():
     proc = _gpu_queue('flags', configs=' '.join(name for name, _ in rows))
     assert proc.returncode == 0, proc.stderr
     printed = dict(line.split(': ', 1) for line in proc.stdout.splitlines())
-    flags = lambda command: set(re.findall(r'--\w+ [^-\s]\S*', command)) - set(  # noqa: E731
-        re.findall(r'--save_dir \S+', command))
     for name, command in rows:
-        assert flags(printed[name]) == flags(command), name
+        assert _valued_flags(printed[name]) == _valued_flags(command), name
+
+
+def _valued_flags(command):
+    """The flags of a command line that take a value, as 'flag value' strings, --save_dir aside."""
+    return set(re.findall(r'--\w+ [^-\s]\S*', command)) - set(re.findall(r'--save_dir \S+', command))
 
 
 def test_gpu_queue_refuses_an_unknown_configuration():
