@@ -106,7 +106,7 @@ def test_plot_log_one_and_several(tmp_path):
 
 @pytest.mark.parametrize('values', [
     [0.9, 0.95, 0.97],                               # a normal run
-    [0.9, 1e308, -1e308, float('nan'), float('inf'), 0.97, 1.0],  # issue 30 case 12
+    [0.9, 1e308, -1e308, float('nan'), float('inf'), 0.97, 1.0],  # huge and non-finite
     [float('nan')] * 3,                              # nothing drawable at all
 ])
 def test_plot_log_draws_normal_and_extreme_values(tmp_path, monkeypatch, values):

@@ -1,7 +1,7 @@
 """The app's modules import each other without a cycle: the graph of their imports, read from
 the source (ast, nothing imported), those inside functions included, is a DAG. A cycle makes a
-module's import order matter and a change in one file break another's start-up (issue 32: an
-8-module cycle ran through utils.py's `perturb` importing viewer)."""
+module's import order matter and a change in one file break another's start-up (an
+8-module cycle once ran through utils.py's `perturb` importing viewer)."""
 import ast
 import os
 

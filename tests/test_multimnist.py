@@ -196,7 +196,7 @@ def test_np_margin_loss_two_hot_by_hand():
 
 
 def test_test_set_bytes_is_the_measured_peak():
-    # issue 30, 9: the CLI refuses a --multimnist_pairs whose test set would not fit by this
+    # the CLI refuses a --multimnist_pairs whose test set would not fit by this
     # estimate; measured (tracemalloc sees NumPy's buffers) the peak was 0.92-0.94 of it
     import tracemalloc
     rng = np.random.RandomState(0)

@@ -197,7 +197,7 @@ def test_tf_config_elsewhere_is_one_line(monkeypatch, capsys, tmp_path):
                                              'tensorflow backend')
 
 
-# issue 30, 10: addresses checked before TensorFlow sees them (it answered with gRPC tracebacks)
+# addresses checked before TensorFlow sees them (it answered with gRPC tracebacks)
 @pytest.mark.end_to_end
 @pytest.mark.parametrize('addresses, message', [
     (['127.0.0.1:99999', '127.0.0.1:2'], 'worker 0 has the port 99999 in 127.0.0.1:99999'),

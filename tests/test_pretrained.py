@@ -19,7 +19,7 @@ import utils
 pytestmark = pytest.mark.stack
 
 PRETRAINED = os.path.join(ROOT, 'pretrained')
-SHIPPED = ['capsnet_r3.h5', 'efficient_capsnet.h5']  # issue 12: the two files to ship
+SHIPPED = ['capsnet_r3.h5', 'efficient_capsnet.h5']  # the files that ship
 
 
 def manifest():

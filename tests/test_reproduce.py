@@ -109,7 +109,7 @@ def test_reproduce_table1_tiny(tmp_path, capsys):
 
 
 def test_reproduce_help_is_its_own(capsys):
-    """`--reproduce table1 --help` says what it trains and which flags it sets (issue 33, 10),
+    """`--reproduce table1 --help` says what it trains and which flags it sets,
     not the generic help."""
     assert capsulenet.main(['--reproduce', 'table1', '--help']) == 0
     out = capsys.readouterr().out

@@ -516,7 +516,7 @@ def _listed_again(times):
     return edit
 
 
-# issue 30, 4-6: declared sizes checked before reading, finite after the cast to float32,
+# declared sizes checked before reading, finite after the cast to float32,
 # nothing read from other files; on the weights-only, full-model and Keras 3 layouts
 HOSTILE_H5_CASES = {
     'huge_declared_dataset': (_edited_copy(_swap_kernel(_huge_declared)),
@@ -548,7 +548,7 @@ HOSTILE_H5_CASES = {
 
 
 H5_CASES = {'not_hdf5': (_not_hdf5, 'not a readable HDF5'),
-            # issue 15, 3 and 11: right shapes, wrong values or wrongly typed attributes
+            # right shapes, wrong values or wrongly typed attributes
             'string_dtype': (_edited_copy(_replace_kernel(lambda k: k.astype('S12'))),
                              'not real numbers'),
             'complex_dtype': (_edited_copy(_replace_kernel(lambda k: k + 1j)), 'not real numbers'),
@@ -678,7 +678,7 @@ HDF5_RUNTIMEERROR = ("Set slist enabled failed (file write failed: time = Fri De
 
 @pytest.mark.parametrize('error,shown', [
     (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), os.strerror(errno.ENOSPC)),
-    # issue 30, 11: were two lines, and a traceback
+    # HDF5's own messages: once two lines, and a traceback
     (OSError(errno.ENOSPC, HDF5_OSERROR), "2026 , filename = 'x.h5'"),
     (RuntimeError(HDF5_RUNTIMEERROR), "error message = 'File too large'")],
     ids=['oserror', 'hdf5_oserror', 'hdf5_runtimeerror'])
@@ -705,7 +705,7 @@ def test_full_disk_keeps_the_old_checkpoint(capsys, monkeypatch, save_dir, data_
 @pytest.mark.parametrize('flag,value', [('--routings', '0'), ('--batch_size', '0'), ('--lr', '0'),
                                         ('--lr', '-1'), ('--shift_fraction', '0.7'),
                                         ('--shift_fraction', '-0.1'), ('--epochs', '0'),
-                                        # issue 15, 4 and 10: NumPy's seed range; NaN / inf
+                                        # NumPy's seed range; NaN / inf
                                         ('--seed', '-1'), ('--seed', str(2 ** 40)),
                                         ('--shift_fraction', 'nan'), ('--lr', 'nan'),
                                         ('--lr', 'inf'), ('--lr_decay', 'nan'),
@@ -724,7 +724,7 @@ def test_resume_with_weights_is_refused(capsys, save_dir):
     assert_one_error_line(code, err, '--resume')
 
 
-# --save_dir holding an earlier run or damaged resume state (issue 15): prepare(save_dir) edits
+# --save_dir holding an earlier run or damaged resume state: prepare(save_dir) edits
 # the copy of a 1-epoch run; then `argv` runs; an error case gives its one line and changes no
 # file, a success case passes check(save_dir, stdout).
 def _log_rows(save_dir, epochs):
@@ -860,7 +860,7 @@ SAVE_DIR_CASES = {
                                'weights-99.h5 says the run is already past --epochs 2', None),
     # 14: a kill -9 mid-write left a temp file; the live writer's (this process's) stays
     'stale_temp_files': (_stale_temps, ['--resume', '--epochs', '1'], None, _only_live_temps),
-    # issue 30, 1: --resume with nothing loadable never starts afresh over the earlier run
+    # --resume with nothing loadable never starts afresh over the earlier run
     'resume_log_without_checkpoint': (_log_without_checkpoints, ['--resume', '--epochs', '4'],
                                       'holds an earlier run (best_model.h5, log.csv, '
                                       'trained_model.h5) but no checkpoint', None),
@@ -873,7 +873,7 @@ SAVE_DIR_CASES = {
     'resume_mistyped_architecture_flag': (lambda d: None,
                                           ['--resume', '--epochs', '2', '--conv1_filters', '8'],
                                           "layer 'conv1'", None),
-    # issue 30, 3: a log of other columns, refused before training
+    # a log of other columns, refused before training
     'resume_log_of_other_columns': (_log_columns(lambda line, i: line.split(',')[0] + ',0.5'
                                                  if i else 'epoch,loss'),
                                     ['--resume', '--epochs', '2'], 'lacks columns this run logs',
@@ -881,7 +881,7 @@ SAVE_DIR_CASES = {
     # ... or, one it cannot tell before training (an extra column), before a row is appended
     'resume_log_with_an_extra_column': (_log_columns(lambda line, i: line + (',x' if i else ',foo')),
                                         ['--resume', '--epochs', '2'], 'nothing appended', None),
-    # issue 33, 2: what a run stopped before its first checkpoint leaves is no earlier run
+    # what a run stopped before its first checkpoint leaves is no earlier run
     'empty_log_only': (_empty_log_only(header=False), ['--epochs', '1'], None, _fresh_run),
     'header_only_log': (_empty_log_only(header=True), ['--epochs', '1'], None, _fresh_run),
     'resume_header_only_log': (_empty_log_only(header=True), ['--resume', '--epochs', '1'], None,
@@ -916,7 +916,7 @@ def _outside_link(name, outside, save_dir):
     os.symlink(outside, path)
 
 
-# issue 30, 2: a file the run writes is a link out of --save_dir (the 'new folder' one: what a
+# a file the run writes is a link out of --save_dir (the 'new folder' one: what a
 # command.sh that always passes --resume meets; CSVLogger truncated the link's target there)
 LINK_CASES = {'log_of_a_run': ('log.csv', True), 'log_in_a_new_folder': ('log.csv', False),
               'trained_model': ('trained_model.h5', True)}
@@ -964,7 +964,7 @@ def _log_with(row):
     return make
 
 
-# utils.py plot / table on logs it cannot use, figures it cannot write (issue 15, 8)
+# utils.py plot / table on logs it cannot use, figures it cannot write
 UTILS_CASES = {
     'plot_text_loss': (_log_with('1,high,0.91\n'), ['plot'], "column 'loss' holds non-numeric"),
     'table_text_epoch': (_log_with('one,0.4,0.91\n'), ['table'], "column 'epoch' holds non-numeric"),
@@ -987,7 +987,7 @@ def test_bad_utils_input(capsys, tmp_path, case):
 
 
 # ---------------------------------------------------------------- the small entry points
-# utils.py, viewer.py and export_weights.py (issue 30, 12-14; issue 33, 5)
+# utils.py, viewer.py and export_weights.py
 ARGV_CASES = {  # argparse's usage line + error line, before: one `error:` line now
     'utils_unknown_command': (utils.main, ['nonsense'], "invalid choice: 'nonsense'"),
     'utils_no_command': (utils.main, [], 'choose a command: plot or table'),
@@ -1124,7 +1124,7 @@ def _oom_while_training(monkeypatch):
     monkeypatch.setattr(C, 'fit', fit)
 
 
-# issue 15, 5: the backend's own out-of-memory error, raised where a too-big model or batch
+# the backend's own out-of-memory error, raised where a too-big model or batch
 # would raise it (a real one needs a memory cap and minutes)
 OOM_CASES = {'building': (_oom_while_building, 'out of memory while building --model capsnet: '
                           'lower --conv1_filters 16 or --primary_channels 4'),
@@ -1186,7 +1186,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
-# issue 33, 2: before the first checkpoint, a note on a line of its own (Ctrl-C lands on the
+# before the first checkpoint, a note on a line of its own (Ctrl-C lands on the
 # progress bar's), and the same command starts again; after it, continue with --resume
 @pytest.mark.parametrize('epoch', [0, 1])
 def test_sigint_in_training_says_what_to_do(capsys, tmp_path, data_dir, epoch):
@@ -1213,7 +1213,7 @@ def test_sigint_in_training_says_what_to_do(capsys, tmp_path, data_dir, epoch):
     assert log_epochs(save_dir) == [0]
 
 
-# ---------------------------------------------------------------- issue 30, 7: the Keras backend
+# ---------------------------------------------------------------- the Keras backend
 # KERAS_BACKEND naming no backend, or a backend whose package is missing (hidden here by a None
 # in sys.modules, as Python reads a package it cannot import), before any handler exists
 HIDDEN = """
@@ -1250,7 +1250,7 @@ def test_backend_that_cannot_load_is_one_line(tmp_path, case):
     assert os.listdir(str(tmp_path)) == []
 
 
-# ---------------------------------------------------------------- issue 30, 8, 9, 14, 15
+# ------------------------------------------------------------ refused before anything is written
 def _no_tensorboard(monkeypatch, tmp_path, data_dir):
     monkeypatch.setitem(sys.modules, 'tensorboard', None)  # as if not installed
     return ['--debug', '--data_dir', data_dir]
