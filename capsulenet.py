@@ -181,21 +181,19 @@ def smallnorb_decoder(input_dim, input_shape):
     return models.Model(z, out, name='decoder')
 
 
-def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192), dropout=0.5):
-    """The paper's kind of baseline: three 5x5 ReLU conv layers ('same') with 2x2 max-pooling
-    after the first two, two ReLU FC layers, dropout, softmax. The §5 MNIST baseline's FC 328
-    is widened to 656 so the budget matches CapsNet's on 40x40.
+def BaselineCNN(input_shape, n_class, channels, units, pools, dropout=0.5):
+    """The paper's kind of baseline: three 5x5 ReLU conv layers ('same') of `channels`, a 2x2
+    max-pool after each of the first `pools` of them, ReLU FC layers of `units`, dropout,
+    softmax.
 
-    image [batch, H, W, C] -> class probabilities [batch, n_class]. Measured (count_params)
-    on 40x40 with the defaults: 10,990,170 parameters, vs CapsNet on 40x40 11,227,904 without
-    its decoder (13,475,648 with it); on 28x28: 6,707,802.
+    image [batch, H, W, C] -> class probabilities [batch, n_class].
     """
     x = layers.Input(shape=tuple(input_shape))
     h = x
     for i, filters in enumerate(channels):
         h = layers.Conv2D(int(filters), 5, padding='same', activation='relu',
                           name='conv%d' % (i + 1))(h)
-        if i < 2:
+        if i < int(pools):
             h = layers.MaxPooling2D(2, name='pool%d' % (i + 1))(h)
     h = layers.Flatten(name='flatten')(h)
     for i, n in enumerate(units):
@@ -205,11 +203,20 @@ def BaselineCNN(input_shape, n_class, channels=(256, 256, 128), units=(656, 192)
     return models.Model(x, out)
 
 
-def CNN(input_shape, n_class, conv1_filters=256):
+def CNN(input_shape, n_class, conv1_filters=256, pools=2, fc1_units=656):
     """--model cnn: BaselineCNN with channels (F, F, F/2), F = conv1_filters (256: the paper's
-    256, 256, 128). Returns (model, model, None): no decoder, nothing to manipulate."""
+    256, 256, 128), `pools` max-pools and FC fc1_units then 192. Returns (model, model, None):
+    no decoder, nothing to manipulate.
+
+    The defaults are §5.2's affNIST CNN, "a similar number of parameters" to CapsNet (FC 328
+    widened to 656): on 40x40 10,990,170 parameters, vs CapsNet on 40x40 11,227,904 without
+    its decoder (13,475,648 with it); on 28x28 6,707,802, vs CapsNet's 6,804,224. Table 1's
+    MNIST baseline, pools=0 and fc1_units=328 (datasets.MNIST_CNN, what --dataset mnist
+    builds): 35,445,522 parameters, the paper's 35.4M. Counted with count_params.
+    """
     f = conv1_filters
-    model = BaselineCNN(input_shape, n_class, channels=(f, f, max(1, f // 2)))
+    model = BaselineCNN(input_shape, n_class, channels=(f, f, max(1, f // 2)),
+                        units=(fc1_units, 192), pools=pools)
     return model, model, None
 
 
@@ -271,6 +278,7 @@ def accuracy_metric(digits=1):
 ModelSpec = collections.namedtuple('ModelSpec', 'builder kind loss monitor flags recipe')
 ARCH_FLAGS = ('conv1_filters', 'conv1_kernel', 'primary_channels', 'primary_dim',
               'primary_kernel', 'primary_strides', 'digit_dim')
+CNN_FLAGS = ('pools', 'fc1_units')
 CAPSNET_RECIPE = dict(epochs=50, batch_size=100, lr=0.001, lr_decay=0.9, lr_min=0.,
                       augment='shift', lam_recon=0.392)
 MODELS = {
@@ -281,9 +289,9 @@ MODELS = {
                            dict(epochs=150, batch_size=16, lr=5e-4, lr_decay=0.97, lr_min=5e-5,
                                 augment='efficient', lam_recon=0.392)),
     'cnn': ModelSpec(CNN, 'classifier', 'categorical_crossentropy', 'val_accuracy',
-                     ('conv1_filters',), dict(CAPSNET_RECIPE, lam_recon=None)),
+                     ('conv1_filters',) + CNN_FLAGS, dict(CAPSNET_RECIPE, lam_recon=None)),
 }
-MODEL_FLAGS = ('routings', 'lam_recon') + ARCH_FLAGS
+MODEL_FLAGS = ('routings', 'lam_recon') + ARCH_FLAGS + CNN_FLAGS
 
 # decoders a data set's network may name (datasets.DATASETS[...].networks, decoder=<name>)
 DECODERS = {'smallnorb_decoder': smallnorb_decoder}
@@ -308,7 +316,7 @@ def smallest_input(kernels, strides):
 def receptive_field(model, options):
     """(smallest image side MODELS[model] built with options takes, its windows in words,
     what to change). CapsNet: conv1 then the primary capsules' conv, both 'valid';
-    Efficient-CapsNet: its conv stack then the depthwise primary capsules; CNN: two 2x2
+    Efficient-CapsNet: its conv stack then the depthwise primary capsules; CNN: its 2x2
     max-pools ('same' convs)."""
     spec = MODELS[model]
     args = {k: p.default for k, p in inspect.signature(spec.builder).parameters.items()}
@@ -326,7 +334,9 @@ def receptive_field(model, options):
         words = 'convs %s, depthwise primary capsules %d' % (
             ', '.join('%d/%d' % ks for ks in zip(kernels[:-1], strides[:-1])), kernels[-1])
         return smallest_input(kernels, strides), words, 'use --model capsnet or cnn'
-    return smallest_input((2, 2), (2, 2)), 'two 2x2 max-pools', 'use larger images'
+    pools = int(args['pools'])
+    return (smallest_input((2,) * pools, (2,) * pools), '%d 2x2 max-pools' % pools,
+            'use larger images')
 
 
 def check_input_size(model, input_shape, options):
@@ -825,7 +835,8 @@ def build_parser():
                    help='stop once validation accuracy reaches this (the paper stopped its '
                         'affNIST models at ~0.992 on expanded MNIST)')
     arch = p.add_argument_group('architecture of --model capsnet (defaults: the paper); '
-                                '--model cnn takes --conv1_filters F (channels F, F, F/2)')
+                                '--model cnn takes --conv1_filters F (channels F, F, F/2), '
+                                '--pools, --fc1_units')
     arch.add_argument('--conv1_filters', default=None, type=_bounded(int, 1), help='default 256')
     arch.add_argument('--conv1_kernel', default=None, type=_bounded(int, 1), help='default 9')
     arch.add_argument('--primary_channels', default=None, type=_bounded(int, 1),
@@ -834,6 +845,12 @@ def build_parser():
     arch.add_argument('--primary_kernel', default=None, type=_bounded(int, 1), help='default 9')
     arch.add_argument('--primary_strides', default=None, type=_bounded(int, 1), help='default 2')
     arch.add_argument('--digit_dim', default=None, type=_bounded(int, 1), help='default 16')
+    arch.add_argument('--pools', default=None, type=_bounded(int, 0, 3),
+                      help='--model cnn: 2x2 max-pools after the first POOLS conv layers '
+                           '(default 2; --dataset mnist: 0, Table 1\'s baseline)')
+    arch.add_argument('--fc1_units', default=None, type=_bounded(int, 1),
+                      help='--model cnn: units of its first FC layer (default 656; '
+                           '--dataset mnist: 328, Table 1\'s baseline)')
     return p
 
 

@@ -340,20 +340,24 @@ def error_percent(frame, col):
     return 100. * (1. - acc)
 
 
+CNN_LABELS = {'cnn': 'baseline CNN', 'cnn_pooled': "CNN of CapsNet's size (pooled)"}
+
+
 def config_of(name):
-    """(Table 1 key or 'cnn' or None, label) of a log named after its configuration:
-    'r3_recon', 'capsnet_r3_recon_50ep' -> ('capsnet_r3_recon', 'routing 3,
+    """(Table 1 key or 'cnn' / 'cnn_pooled' or None, label) of a log named after its
+    configuration: 'r3_recon', 'capsnet_r3_recon_50ep' -> ('capsnet_r3_recon', 'routing 3,
     reconstruction'); 'r3_recon_seed1' -> (.., 'routing 3, reconstruction, seed 1');
-    'cnn...' -> ('cnn', 'baseline CNN'); any other name -> (None, name)."""
+    'cnn...' -> ('cnn', 'baseline CNN'); 'cnn_pooled...' -> ('cnn_pooled', the CapsNet-sized
+    CNN of --pools 2 --fc1_units 656, no paper figure); any other name -> (None, name)."""
     import re
     bare = name[len('capsnet_'):] if name.startswith('capsnet_') else name
-    names = dict(((k[len('capsnet_'):], k) for k in TABLE1), cnn='cnn')
+    names = dict(((k[len('capsnet_'):], k) for k in TABLE1), cnn='cnn', cnn_pooled='cnn_pooled')
     short = next((k for k in sorted(names, key=len, reverse=True)
                   if bare == k or bare.startswith(k + '_')), None)
     if short is None:
         return None, name
     key = names[short]
-    label = 'baseline CNN' if key == 'cnn' else TABLE1[key][0].replace('CapsNet, ', '')
+    label = CNN_LABELS[key] if key in CNN_LABELS else TABLE1[key][0].replace('CapsNet, ', '')
     seed = re.search(r'(?:^|_)seed(\d+)(?:_|$)', bare[len(short):])
     return key, label + (', seed %s' % seed.group(1) if seed else '')
 
@@ -473,15 +477,20 @@ def results_table(csv_paths):
     (n - 1) of the last 5 epochs ('–' with fewer); the best epoch was picked by looking at
     the test set, so its column says so. '–': no finite figure (a NaN epoch). Logs are
     matched to Table 1 by name (config_of): r3_recon.csv, capsnet_r3_recon_50ep.csv, cnn.csv;
-    other names get the paper column '–'.
+    other names (cnn_pooled.csv too: not a Table 1 row) get the paper column '–'.
     """
     lines = ['| configuration | paper test error %% | ours, last epoch %% | last %d epochs, '
              'mean ± std %% | epochs | best epoch %% (selected on the test set) | log |' % LAST_N,
              '|---|---|---|---|---|---|---|']
     for name, frame in read_logs(csv_paths):
         key, label = config_of(name)
-        config, paper_error = ((TABLE1[key][0], TABLE1[key][3]) if key in TABLE1 else
-                               ('Baseline CNN', TABLE1_CNN) if key == 'cnn' else (name, '–'))
+        if key in TABLE1:
+            config, paper_error = TABLE1[key][0], TABLE1[key][3]
+        elif key in CNN_LABELS:
+            config = label[:1].upper() + label[1:]
+            paper_error = TABLE1_CNN if key == 'cnn' else '–'
+        else:
+            config, paper_error = name, '–'
         last, spread, best, epochs = _summary(frame)
         lines.append('| %s | %s | %s | %s | %d | %s | %s.csv |'
                      % (config, paper_error, last, spread, epochs, best, name))

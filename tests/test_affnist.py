@@ -269,7 +269,7 @@ def test_expanded_mnist_loader_shapes_and_fixed_test_set(tmp_path):
 
 def test_early_stopping_callbacks_monitor_validation_accuracy():
     import capsulenet
-    cnn = capsulenet.BaselineCNN((40, 40, 1), 10, channels=(4, 4, 2), units=(8, 8))
+    cnn = capsulenet.BaselineCNN((40, 40, 1), 10, channels=(4, 4, 2), units=(8, 8), pools=2)
     monitor = capsulenet.MODELS['cnn'].monitor
     stop, at = training.early_stopping_callbacks(monitor, patience=3, target=0.99)
     assert stop.monitor == 'val_accuracy' and stop.patience == 3 and at.monitor == 'val_accuracy'

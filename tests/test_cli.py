@@ -99,6 +99,8 @@ def test_help_lists_flags(capsys):
 def test_flags_of_another_model_are_one_line(capsys, tmp_path):
     for argv, flag in [(['--model', 'efficient', '--routings', '2'], '--routings'),
                        (['--model', 'cnn', '--primary_channels', '4'], '--primary_channels'),
+                       (['--pools', '0'], '--pools'),
+                       (['--model', 'cnn', '--pools', '4'], '--pools'),
                        (['--affnist_dir', str(tmp_path)], '--affnist_dir'),
                        # their batches bring their own augmentation
                        (['--dataset', 'multimnist', '--shift_fraction', '0.05'],

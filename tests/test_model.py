@@ -21,6 +21,22 @@ def test_paper_parameter_count(paper_models):
     assert paper_models[0].count_params() == 8215568
 
 
+def test_cnn_parameter_counts():
+    # Table 1's MNIST baseline is the paper's 35.4M (no pooling, FC 328); the CNN of other data
+    # sets is CapsNet-sized (two max-pools, FC 656), as §5.2's affNIST comparison asks
+    import capsulenet
+    counts = {}
+    for name, shape, dataset, options in [
+            ('mnist', (28, 28, 1), 'mnist', {}),
+            ('pooled', (28, 28, 1), 'mnist', dict(pools=2, fc1_units=656)),
+            ('affnist', (40, 40, 1), 'affnist', {})]:
+        C.clear_session(free_memory=False)
+        model = capsulenet.build_models('cnn', shape, 10, dataset, **options)[0]
+        pools = [l for l in model.layers if l.__class__.__name__ == 'MaxPooling2D']
+        counts[name] = (model.count_params(), len(pools))
+    assert counts == {'mnist': (35445522, 0), 'pooled': (6707802, 2), 'affnist': (10990170, 2)}
+
+
 def test_layer_names_follow_capsnet_keras(paper_models):
     names = [layer.name for layer in paper_models[0].layers]
     for name in ['conv1', 'primarycap_conv2d', 'primarycap_reshape', 'primarycap_squash',

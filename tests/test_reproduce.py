@@ -80,6 +80,7 @@ def test_config_labels_from_log_names():
     assert utils.config_of('r3_recon_seed2') == ('capsnet_r3_recon',
                                                  'routing 3, reconstruction, seed 2')
     assert utils.config_of('cnn') == ('cnn', 'baseline CNN')
+    assert utils.config_of('cnn_pooled') == ('cnn_pooled', "CNN of CapsNet's size (pooled)")
     assert utils.config_of('efficient_capsnet') == (None, 'efficient_capsnet')
 
 
