@@ -15,8 +15,8 @@
 #                    /tmp/runs/capsnet_r3 on the device; is stopped after $SECS seconds (default
 #                    420; killed mid-epoch, it resumes from the epoch before) and continues with
 #                    --resume in the next call while the machine is warm (as many epochs as fit)
-#   table1           the Table 1 configurations named in $CONFIGS (default: the four the CPU logs
-#                    in CSV_data/table1/ lack), side by side on the GPU, bf16, --seed 0 (a
+#   table1           the Table 1 configurations named in $CONFIGS (default: those the CPU logs
+#                    in CSV_data/table1/ lack or have not finished), side by side on the GPU, bf16, --seed 0 (a
 #                    name's _seedN says otherwise), 30 epochs (r3_recon 50), in /tmp/runs/NAME; stopped after
 #                    $SECS seconds (default 480) and continued with --resume in the next call
 #                    while the machine is warm; brings back each log as table1_NAME.csv
@@ -37,14 +37,15 @@ table1_flags() {  # a Table 1 configuration's name -> its training flags (CSV_da
     r3_recon) echo "--routings 3 --lam_recon 0.392" ;;
     r1_norecon) echo "--routings 1 --lam_recon 0" ;;
     r3_norecon) echo "--routings 3 --lam_recon 0" ;;
-    cnn) echo "--model cnn" ;;
+    cnn) echo "--model cnn" ;;  # Table 1's baseline on MNIST (35.4M parameters)
+    cnn_pooled) echo "--model cnn --pools 2 --fc1_units 656" ;;  # the CapsNet-sized CNN
     *) return 1 ;;
   esac
   local epochs=30
   [ "$1" = r3_recon ] && epochs=50  # Table 1's main row; its other seeds run 30
   echo "--seed $seed --epochs $epochs --mixed_precision bf16"
 }
-CONFIGS="${CONFIGS:-r3_norecon r1_norecon cnn r2_recon}"
+CONFIGS="${CONFIGS:-cnn r2_recon r3_recon_seed1 r3_recon_seed2}"
 for name in $CONFIGS; do  # before the machine's time is spent on anything
   table1_flags "$name" > /dev/null || { echo "error: unknown Table 1 configuration $name"; exit 2; }
 done
