@@ -117,3 +117,4 @@ def test_reproduce_help_is_its_own(capsys):
     assert out.startswith('usage: python capsulenet.py --reproduce table1')
     assert all(name in out for name in paper.TABLE1) and '--routings and --lam_recon' in out
     assert '--conv1_filters' not in out  # the generic help lists every flag
+    assert 'baseline CNN' in out and '--model cnn' in out  # Table 1's first row, trained apart
