@@ -224,7 +224,9 @@ def _check_declared(dataset, current, layer_name, file_path):
     what is read to twice the model's float32 weights."""
     _check_storage(dataset, layer_name, file_path)
     if dataset.shape != current.shape:
-        raise UserError('layer %r: model expects weight shape %s, file %s has %s (dataset %s)'
+        raise UserError('layer %r: model expects weight shape %s, file %s has %s (dataset %s); '
+                        'was it trained as another network (--model, --dataset or the '
+                        'architecture flags)?'
                         % (layer_name, current.shape, file_path, dataset.shape, dataset.name))
     if dataset.dtype.kind not in 'biuf':  # strings (even '0.5'), complex, compound, ...
         raise UserError('layer %r: weights in %s are not real numbers (dtype %s, dataset %s)'

@@ -151,3 +151,4 @@ def test_loading_other_architecture_names_layer_and_shapes(tmp_path):
     with pytest.raises(C.UserError) as err:
         h5weights.load_weights_h5(model10, path)
     assert 'digitcaps' in str(err.value) and '(10, ' in str(err.value) and '(5, ' in str(err.value)
+    assert 'architecture flags' in str(err.value)  # what to check, e.g. --pools of a CNN
