@@ -16,8 +16,9 @@
 #                    420; killed mid-epoch, it resumes from the epoch before) and continues with
 #                    --resume in the next call while the machine is warm (as many epochs as fit)
 #   table1           the Table 1 configurations named in $CONFIGS (default: those the CPU logs
-#                    in CSV_data/table1/ lack or have not finished), side by side on the GPU, bf16, --seed 0 (a
-#                    name's _seedN says otherwise), 30 epochs (r3_recon 50), in /tmp/runs/NAME; stopped after
+#                    in CSV_data/table1/ lack or have not finished), side by side on the GPU,
+#                    bf16, --seed 0 (a name's _seedN says otherwise), 30 epochs (r3_recon 50),
+#                    in /tmp/runs/NAME; stopped after
 #                    $SECS seconds (default 480) and continued with --resume in the next call
 #                    while the machine is warm; brings back each log as table1_NAME.csv
 #   flags            (here) prints the training flags table1 would use for each of $CONFIGS
