@@ -150,10 +150,11 @@ def test_killed_worker_then_resume_trains_as_one_process(capsys, tmp_path, data_
     for column in COLUMNS:
         # the collective sums are not bit-exact run to run, and training on random labels
         # amplifies their rounding: epoch 0 (4 steps) matched to <= 5e-5 relative in most runs
-        # but 1.23e-3 (val_loss) in one of four on 2026-11-28; epoch 1 to <= 8.7e-3 then, and
-        # 2.37e-2 (val_loss) in one full-suite run on 2026-12-01. So epoch 0 is the tight check
-        # (a replica scaling bug is off by ~50 %); epoch 1 (after the resume) is checked to 6e-2
-        np.testing.assert_allclose(multi[column][0], alone[column][0], rtol=3e-3, err_msg=column)
+        # but 1.23e-3 (val_loss) in one of four on 2026-11-28 and 4.1e-3 (val_loss) in one
+        # full-suite run on 2026-12-04; epoch 1 to <= 8.7e-3 then, and 2.37e-2 (val_loss) in one
+        # full-suite run on 2026-12-01. So epoch 0 is the tight check, to 2e-2 (a replica
+        # scaling bug is off by ~50 %); epoch 1 (after the resume) is checked to 6e-2
+        np.testing.assert_allclose(multi[column][0], alone[column][0], rtol=2e-2, err_msg=column)
         np.testing.assert_allclose(multi[column][1], alone[column][1], rtol=6e-2, err_msg=column)
 
 
