@@ -20,7 +20,10 @@ PY="${PYTHON:-$(command -v python3.11 || command -v python3.12 || echo python3)}
 SHIM="$HERE/shim"
 
 # Pinned, so every machine tests the same stack. numpy stays 1.x: keras 2.2.4 uses np.string_.
-STACK=(tensorflow-cpu==2.21.0 numpy==1.26.4 h5py==3.14.0 scipy==1.17.1 pyyaml==6.0.3 six==1.17.0)
+# tensorboard: --debug refuses to run without it (runsetup.check_tensorboard), and TF 2.21 no
+# longer installs it.
+STACK=(tensorflow-cpu==2.21.0 numpy==1.26.4 h5py==3.14.0 scipy==1.17.1 pyyaml==6.0.3 six==1.17.0
+       tensorboard==2.21.0)
 # what this repo and its tests import besides the stack (requirements.txt's "both stacks")
 REPO=(pandas==3.0.6 matplotlib==3.11.2 pillow==13.0.0 idx2numpy==1.2.3 pytest==9.2.0 pytest-xdist==3.8.0)
 KERAS224=(keras==2.2.4 keras-applications==1.0.8 keras-preprocessing==1.1.2)
