@@ -454,7 +454,11 @@ def _summary(frame):
     """(last %, last-5 'mean ± std' %, best '%, epoch k', epochs) of a log's test error, as
     strings; '–' where there is no finite figure (a NaN epoch, no accuracy column)."""
     col = _test_accuracy_column(frame)
-    error = error_percent(frame, col) if col else np.full(len(frame), np.nan)
+    return _summary_of_errors(error_percent(frame, col) if col else np.full(len(frame), np.nan))
+
+
+def _summary_of_errors(error):
+    """_summary of test errors in % [epochs] (NaN: no figure that epoch)."""
     last = '%.2f' % error[-1] if np.isfinite(error[-1]) else '–'
     tail = error[-LAST_N:]
     spread = ('%.2f ± %.2f' % (tail.mean(), tail.std(ddof=1))
@@ -464,7 +468,7 @@ def _summary(frame):
         best = '%.2f (epoch %d)' % (error[k], k + 1)
     else:
         best = '–'
-    return last, spread, best, len(frame)
+    return last, spread, best, len(error)
 
 
 def results_table(csv_paths):

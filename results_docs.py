@@ -1,0 +1,143 @@
+"""The results rows of README.md and CSV_data/README.md, rendered from the logs they cite.
+
+    python results_docs.py          # rewrite the rows from CSV_data/table1/*.csv
+    python results_docs.py --check  # exit 1, naming each row that differs from its log
+
+README.md, between <!-- TABLE1-ROWS ... --> and <!-- /TABLE1-ROWS -->: each row whose log
+cell is `CSV_data/table1/NAME.csv` gets its 'ours' cell (test accuracy at the last epoch; the
+mean ± std of the last 5 epochs; '(running)' while fewer epochs than planned) and its epochs
+cell ('N of M') from that log. CSV_data/README.md, between <!-- TABLE1-LOGS --> and
+<!-- /TABLE1-LOGS -->: each row of `NAME.csv` gets its epochs, test error per epoch and epoch
+time cells. M, the planned epochs, is kept from the row; the other cells (paper figures,
+configurations, commands) are written by hand. A row whose log does not exist yet is left as
+it is. The figures are utils.results_table's: the log's validation accuracy (the test set
+for runs without --validation_split), rounded to 0.01 % before 100 - x.
+"""
+if __name__ == '__main__':  # before the imports below
+    import safeio
+    safeio.interrupt_is_one_line()
+
+import os
+import re
+import sys
+
+import utils
+from safeio import OneLineParser, UserError, atomic_write, run_cli
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOG_DIR = os.path.join('CSV_data', 'table1')
+# (document, section marker, how a row names its log, the renderer of its cells)
+README = ('README.md', 'TABLE1-ROWS', re.compile(r'`CSV_data/table1/([\w-]+)\.csv`'))
+LOGS = (os.path.join('CSV_data', 'README.md'), 'TABLE1-LOGS', re.compile(r'^\| `([\w-]+)\.csv` \|'))
+PLANNED = re.compile(r'^(\d+) of (\d+)$')
+
+
+def log_figures(path):
+    """(test error % per epoch [epochs], epoch times in s [epochs] or None) of one log."""
+    _, frame = utils.read_logs([path])[0]
+    column = utils._test_accuracy_column(frame)
+    if column is None:
+        raise UserError('%s has no accuracy column' % path)
+    times = frame['epoch_time'].tolist() if 'epoch_time' in frame.columns else None
+    return utils.error_percent(frame, column), times
+
+
+def _accuracy(error):
+    """'99.69' for an error of 0.31 (rounded to 0.01 first, as the tables print errors)."""
+    return '%.2f' % (100 - float('%.2f' % error))
+
+
+def ours_cell(errors, planned):
+    """README's 'ours': '99.69 %, last epoch; 99.67 ± 0.01 %, last 5' (+ ' (running)')."""
+    last, spread, _, epochs = utils._summary_of_errors(errors)
+    text = '%s %%, last epoch' % _accuracy(float(last))
+    if spread != '–':
+        mean, std = spread.split(' ± ')
+        text += '; %s ± %s %%, last %d' % (_accuracy(float(mean)), std, utils.LAST_N)
+    return text + (' (running)' if epochs < planned else '')
+
+
+def _planned(cell, where):
+    match = PLANNED.match(cell)
+    if not match:
+        raise UserError("%s: the epochs cell %r is not 'N of M'" % (where, cell))
+    return int(match.group(2))
+
+
+def render_row(kind, cells, errors, times, where):
+    """cells (a table row split on '|', without the outer ones) with the log's figures."""
+    if kind is README:
+        planned = _planned(cells[3], where)
+        cells[2] = ours_cell(errors, planned)
+        cells[3] = '%d of %d' % (len(errors), planned)
+    else:
+        planned = _planned(cells[3], where) if PLANNED.match(cells[3]) else None
+        if planned is None:  # 'not started': the planned count is in the command's --epochs
+            found = re.search(r'--epochs (\d+)', cells[6])
+            planned = int(found.group(1)) if found else len(errors)
+        cells[3] = '%d of %d' % (len(errors), planned)
+        cells[4] = ' → '.join('%.2f' % e for e in errors)
+        cells[5] = ', '.join('%d' % round(t) for t in times) if times else '–'
+    return cells
+
+
+def render(kind, text, root=HERE):
+    """text with the rows of its section rendered from their logs; a log that is not there
+    leaves its row as it is."""
+    name, marker, pattern = kind
+    lines = text.split('\n')
+    starts = [i for i, l in enumerate(lines) if l.startswith('<!-- %s' % marker)]
+    ends = [i for i, l in enumerate(lines) if l.startswith('<!-- /%s' % marker)]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise UserError('%s: no single <!-- %s --> ... <!-- /%s --> section' % (name, marker, marker))
+    for i in range(starts[0] + 1, ends[0]):
+        found = pattern.search(lines[i])
+        path = found and os.path.join(root, LOG_DIR, found.group(1) + '.csv')
+        if not (found and os.path.isfile(path)):
+            continue
+        errors, times = log_figures(path)
+        cells = [c.strip() for c in lines[i].strip().strip('|').split('|')]
+        where = '%s line %d' % (name, i + 1)
+        lines[i] = '| %s |' % ' | '.join(render_row(kind, cells, errors, times, where))
+    return '\n'.join(lines)
+
+
+def refresh(root=HERE, check=False):
+    """Renders both documents; check: writes nothing. Returns the names of those that
+    changed (check: that differ from their logs)."""
+    changed = {}
+    for kind in (README, LOGS):  # both rendered before either is written
+        path = os.path.join(root, kind[0])
+        try:
+            with open(path, encoding='utf-8') as f:
+                text = f.read()
+        except OSError as e:
+            raise UserError('cannot read %s: %s' % (path, e.strerror or e))
+        new = render(kind, text, root)
+        if new != text:
+            changed[kind[0]] = (path, new)
+    for path, new in ([] if check else changed.values()):
+        with atomic_write(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+            f.write(new)
+    return list(changed)
+
+
+def main(argv=None):
+    parser = OneLineParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--check', action='store_true',
+                        help='write nothing; exit 1 if a row differs from its log')
+    args = parser.parse_args(argv)
+
+    def body():
+        changed = refresh(HERE, check=args.check)  # HERE read now: tests point it elsewhere
+        if args.check and changed:
+            print('not rendered from their logs: %s (python results_docs.py rewrites them)'
+                  % ', '.join(changed))
+            return 1
+        print(('rewrote %s' % ', '.join(changed)) if changed else 'the rows match their logs')
+        return 0
+    return run_cli(body)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
