@@ -268,7 +268,11 @@ def _recorded_split(folder):
 def check_validation_split(folder, n):
     """--resume must validate as the run it continues did: its log's val_ columns and
     best_model.h5 compare epochs on one set. UserError when the recorded split differs
-    (a folder without a record: a run that validated on the test set, 0)."""
+    (a folder without a record: a run that validated on the test set, 0). A folder without a
+    checkpoint has nothing to continue: training starts at epoch 1 with this split (and
+    record_validation_split replaces any record of a run stopped before its first epoch)."""
+    if not folder.checkpoints():
+        return
     recorded = _recorded_split(folder)
     recorded = 0 if recorded is None else recorded
     if recorded != n:

@@ -152,6 +152,26 @@ def test_resume_needs_the_split_it_started_with(capsys, tmp_path, data_dir):
         assert json.load(f)['epoch'] == 2
 
 
+@pytest.mark.parametrize('before', ['nothing', 'an empty folder', 'a split run stopped before '
+                                                                'its first checkpoint'])
+def test_resume_with_a_split_starts_a_run_that_has_no_checkpoint(capsys, tmp_path, data_dir,
+                                                                   before):
+    # a resumable command (command.sh with --resume) runs from its first start: with nothing
+    # to continue there is no split to keep, and the record is this run's
+    save_dir = tmp_path / 'run'
+    if before != 'nothing':
+        save_dir.mkdir()
+    if before.startswith('a split run'):
+        (save_dir / 'validation_split.json').write_text('{"validation_split": 5, '
+                                                        '"train_images": 35}\n')
+    code, out, err = train(capsys, str(save_dir), data_dir, '--epochs', '1', '--resume',
+                           '--validation_split', '8')
+    assert code == 0 and 'training from epoch 1' in out, err[-3000:]
+    with open(save_dir / 'validation_split.json') as f:
+        assert json.load(f)['validation_split'] == 8
+    assert len(log_rows(str(save_dir))) == 1
+
+
 @pytest.mark.parametrize('dataset, options', [
     ('mnist', {}), ('affnist', {}), ('multimnist', {'multimnist_pairs': 2}), ('smallnorb', {})])
 def test_hold_out_gives_the_test_sets_form(dataset, options):
