@@ -95,6 +95,15 @@ def test_finished_run_is_not_running_and_short_run_has_no_spread(tmp_path):
     assert '| 99.50 %, last epoch | 2 of 2 |' in (tmp_path / 'README.md').read_text()
 
 
+def test_a_run_that_starts_takes_its_planned_epochs_from_its_command(tmp_path):
+    _tree(tmp_path, [0.99],
+          '| r1 | 99.71 % | x | 0 of 30 | `CSV_data/table1/r1_recon.csv` |',
+          '| `r1_recon.csv` | r1 | bf16 | not started | – | – | `python capsulenet.py --routings 1 '
+          '--epochs 30 --seed 1` |')
+    results_docs.refresh(str(tmp_path))
+    assert '| bf16 | 1 of 30 | 1.00 | 100 |' in (tmp_path / 'CSV_data' / 'README.md').read_text()
+
+
 def _cli(tmp_path, *args):
     script = 'import sys, results_docs; results_docs.HERE = sys.argv[1]; ' \
              'sys.exit(results_docs.main(sys.argv[2:]))'
