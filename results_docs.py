@@ -50,7 +50,8 @@ def _accuracy(error):
 def ours_cell(errors, planned):
     """README's 'ours': '99.69 %, last epoch; 99.67 ± 0.01 %, last 5' (+ ' (running)')."""
     last, spread, _, epochs = utils._summary_of_errors(errors)
-    text = '%s %%, last epoch' % _accuracy(float(last))
+    text = ('%s %%, last epoch' % _accuracy(float(last)) if last != '–' else
+            '– (no test accuracy at the last epoch: NaN)')
     if spread != '–':
         mean, std = spread.split(' ± ')
         text += '; %s ± %s %%, last %d' % (_accuracy(float(mean)), std, utils.LAST_N)
@@ -76,7 +77,7 @@ def render_row(kind, cells, errors, times, where):
             found = re.search(r'--epochs (\d+)', cells[6])
             planned = int(found.group(1)) if found else len(errors)
         cells[3] = '%d of %d' % (len(errors), planned)
-        cells[4] = ' → '.join('%.2f' % e for e in errors)
+        cells[4] = ' → '.join('%.2f' % e if e == e else '–' for e in errors)  # NaN: '–'
         cells[5] = ', '.join('%d' % round(t) for t in times) if times else '–'
     return cells
 

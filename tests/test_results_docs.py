@@ -104,6 +104,16 @@ def test_a_run_that_starts_takes_its_planned_epochs_from_its_command(tmp_path):
     assert '| bf16 | 1 of 30 | 1.00 | 100 |' in (tmp_path / 'CSV_data' / 'README.md').read_text()
 
 
+def test_a_nan_epoch_is_a_dash_not_a_crash(tmp_path):
+    _tree(tmp_path, [0.99, 0.995, 'nan'],
+          '| r1 | 99.71 % | x | 0 of 30 | `CSV_data/table1/r1_recon.csv` |',
+          '| `r1_recon.csv` | r1 | bf16 | 0 of 30 | – | – | `cmd` |')
+    results_docs.refresh(str(tmp_path))
+    assert '| – (no test accuracy at the last epoch: NaN) (running) | 3 of 30 |' in (
+        tmp_path / 'README.md').read_text()
+    assert '| 3 of 30 | 1.00 → 0.50 → – |' in (tmp_path / 'CSV_data' / 'README.md').read_text()
+
+
 def _cli(tmp_path, *args):
     script = 'import sys, results_docs; results_docs.HERE = sys.argv[1]; ' \
              'sys.exit(results_docs.main(sys.argv[2:]))'
