@@ -26,7 +26,7 @@ from safeio import OneLineParser, UserError, atomic_write, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOG_DIR = os.path.join('CSV_data', 'table1')
-# (document, section marker, how a row names its log, the renderer of its cells)
+# (document, section marker, how a row names its log)
 README = ('README.md', 'TABLE1-ROWS', re.compile(r'`CSV_data/table1/([\w-]+)\.csv`'))
 LOGS = (os.path.join('CSV_data', 'README.md'), 'TABLE1-LOGS', re.compile(r'^\| `([\w-]+)\.csv` \|'))
 PLANNED = re.compile(r'^(\d+) of (\d+)$')
@@ -72,8 +72,9 @@ def render_row(kind, cells, errors, times, where):
         cells[2] = ours_cell(errors, planned)
         cells[3] = '%d of %d' % (len(errors), planned)
     else:
-        planned = _planned(cells[3], where) if PLANNED.match(cells[3]) else None
-        if planned is None:  # 'not started': the planned count is in the command's --epochs
+        if PLANNED.match(cells[3]):
+            planned = _planned(cells[3], where)
+        else:  # 'not started': the planned count is in the command's --epochs
             found = re.search(r'--epochs (\d+)', cells[6])
             planned = int(found.group(1)) if found else len(errors)
         cells[3] = '%d of %d' % (len(errors), planned)
