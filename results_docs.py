@@ -10,7 +10,9 @@ cell ('N of M') from that log. CSV_data/README.md, between <!-- TABLE1-LOGS --> 
 <!-- /TABLE1-LOGS -->: each row of `NAME.csv` gets its epochs, test error per epoch and epoch
 time cells. M, the planned epochs, is kept from the row; the other cells (paper figures,
 configurations, commands) are written by hand. A row whose log does not exist yet is left as
-it is. The figures are utils.results_table's: the log's validation accuracy (the test set
+it is. A README row naming several logs, one per seed, with the epochs cell 'E, N of M seeds',
+gets the mean ± std of the test accuracy over its seeds at epoch E (Table 1's way: mean and
+sample std over trials), or while some have not reached E, the figures of those that have. The figures are utils.results_table's: the log's validation accuracy (the test set
 for runs without --validation_split), rounded to 0.01 % before 100 - x.
 """
 if __name__ == '__main__':  # before the imports below
@@ -30,6 +32,7 @@ LOG_DIR = os.path.join('CSV_data', 'table1')
 README = ('README.md', 'TABLE1-ROWS', re.compile(r'`CSV_data/table1/([\w-]+)\.csv`'))
 LOGS = (os.path.join('CSV_data', 'README.md'), 'TABLE1-LOGS', re.compile(r'^\| `([\w-]+)\.csv` \|'))
 PLANNED = re.compile(r'^(\d+) of (\d+)$')
+SEEDS = re.compile(r'^(\d+), (\d+) of (\d+) seeds$')
 
 
 def log_figures(path):
@@ -83,6 +86,31 @@ def render_row(kind, cells, errors, times, where):
     return cells
 
 
+def render_seeds_row(cells, runs, where):
+    """README cells of a row over seeds (its log cell names one log per seed), with the test
+    error of every run [seeds][epochs] at the epoch its epochs cell 'E, N of M seeds' names:
+    the mean ± std over the M seeds once all reached E, the paper's way; until then the
+    accuracy of those that did."""
+    found = SEEDS.match(cells[3])
+    if not found:
+        raise UserError("%s: the epochs cell %r is not 'E, N of M seeds'" % (where, cells[3]))
+    epoch = int(found.group(1))
+    done = [errors[epoch - 1] for errors in runs if len(errors) >= epoch]
+    listed = ', '.join(_accuracy(e) if e == e else '–' for e in done)  # NaN: '–'
+    spread = utils.seed_spread(done)
+    if len(done) < len(runs):
+        cells[2] = '%d of %d seeds at epoch %d%s (the others still to run)' % (
+            len(done), len(runs), epoch, (': %s %%' % listed) if done else '')
+    elif spread == '–':
+        cells[2] = '– (no test accuracy at epoch %d in every seed: %s %%)' % (epoch, listed)
+    else:
+        mean, std = spread.split(' ± ')
+        cells[2] = '%s ± %s %%, %d seeds at epoch %d (%s %%)' % (
+            _accuracy(float(mean)), std, len(runs), epoch, listed)
+    cells[3] = '%d, %d of %d seeds' % (epoch, len(done), len(runs))
+    return cells
+
+
 def render(kind, text, root=HERE):
     """text with the rows of its section rendered from their logs; a log that is not there
     leaves its row as it is."""
@@ -93,14 +121,18 @@ def render(kind, text, root=HERE):
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise UserError('%s: no single <!-- %s --> ... <!-- /%s --> section' % (name, marker, marker))
     for i in range(starts[0] + 1, ends[0]):
-        found = pattern.search(lines[i])
-        path = found and os.path.join(root, LOG_DIR, found.group(1) + '.csv')
-        if not (found and os.path.isfile(path)):
+        paths = [os.path.join(root, LOG_DIR, n + '.csv') for n in pattern.findall(lines[i])]
+        if not any(os.path.isfile(p) for p in paths):
             continue
-        errors, times = log_figures(path)
         cells = [c.strip() for c in lines[i].strip().strip('|').split('|')]
         where = '%s line %d' % (name, i + 1)
-        lines[i] = '| %s |' % ' | '.join(render_row(kind, cells, errors, times, where))
+        if len(paths) > 1:  # a row over seeds: README only (its other documents name one log)
+            runs = [log_figures(p)[0] if os.path.isfile(p) else [] for p in paths]
+            cells = render_seeds_row(cells, runs, where)
+        else:
+            errors, times = log_figures(paths[0])
+            cells = render_row(kind, cells, errors, times, where)
+        lines[i] = '| %s |' % ' | '.join(cells)
     return '\n'.join(lines)
 
 

@@ -349,7 +349,6 @@ def config_of(name):
     reconstruction'); 'r3_recon_seed1' -> (.., 'routing 3, reconstruction, seed 1');
     'cnn...' -> ('cnn', 'baseline CNN'); 'cnn_pooled...' -> ('cnn_pooled', the CapsNet-sized
     CNN of --pools 2 --fc1_units 656, no paper figure); any other name -> (None, name)."""
-    import re
     bare = name[len('capsnet_'):] if name.startswith('capsnet_') else name
     names = dict(((k[len('capsnet_'):], k) for k in TABLE1), cnn='cnn', cnn_pooled='cnn_pooled')
     short = next((k for k in sorted(names, key=len, reverse=True)
@@ -358,8 +357,8 @@ def config_of(name):
         return None, name
     key = names[short]
     label = CNN_LABELS[key] if key in CNN_LABELS else TABLE1[key][0].replace('CapsNet, ', '')
-    seed = re.search(r'(?:^|_)seed(\d+)(?:_|$)', bare[len(short):])
-    return key, label + (', seed %s' % seed.group(1) if seed else '')
+    seed = seed_of(bare[len(short):])
+    return key, label + (', seed %d' % seed if seed is not None else '')
 
 
 def _figure(show):
@@ -481,11 +480,14 @@ def results_table(csv_paths):
     (n - 1) of the last 5 epochs ('–' with fewer); the best epoch was picked by looking at
     the test set, so its column says so. '–': no finite figure (a NaN epoch). Logs are
     matched to Table 1 by name (config_of): r3_recon.csv, capsnet_r3_recon_50ep.csv, cnn.csv;
-    other names (cnn_pooled.csv too: not a Table 1 row) get the paper column '–'.
+    other names (cnn_pooled.csv too: not a Table 1 row) get the paper column '–'. A
+    configuration logged under several seeds (r3_recon.csv, r3_recon_seed1.csv, ...) gets one
+    more row: the mean ± std over its seeds at the last epoch they all reached (_seed_rows).
     """
     lines = ['| configuration | paper test error %% | ours, last epoch %% | last %d epochs, '
              'mean ± std %% | epochs | best epoch %% (selected on the test set) | log |' % LAST_N,
              '|---|---|---|---|---|---|---|']
+    rows = []
     for name, frame in read_logs(csv_paths):
         key, label = config_of(name)
         if key in TABLE1:
@@ -498,7 +500,48 @@ def results_table(csv_paths):
         last, spread, best, epochs = _summary(frame)
         lines.append('| %s | %s | %s | %s | %d | %s | %s.csv |'
                      % (config, paper_error, last, spread, epochs, best, name))
-    return '\n'.join(lines)
+        rows.append((name, key, paper_error, frame))
+    return '\n'.join(lines + _seed_rows(rows))
+
+
+def seed_spread(errors):
+    """'mean ± std' of test errors in % [seeds], all at one epoch: Table 1's figure (mean and
+    sample std, n - 1, over trials; the std to three decimals as the paper prints it). '–'
+    with fewer than 2 seeds or a NaN among them."""
+    errors = np.asarray(errors, dtype='float64')
+    if len(errors) < 2 or not np.isfinite(errors).all():
+        return '–'
+    return '%.2f ± %.3f' % (errors.mean(), errors.std(ddof=1))
+
+
+def seed_of(name):
+    """The seed a log's name gives ('r3_recon_seed2' -> 2), or None (no _seedN part)."""
+    import re
+    found = re.search(r'(?:^|_)seed(\d+)(?:_|$)', name)
+    return int(found.group(1)) if found else None
+
+
+def _seed_rows(rows):
+    """results_table's extra rows, one per configuration logged under several seeds (at least
+    one log named _seedN, no seed twice): the mean ± std of the test error at the last epoch
+    all of them reached, the paper's way. rows: [(name, config_of key, paper, DataFrame)]."""
+    groups = {}
+    for name, key, paper_error, frame in rows:
+        if key is not None:
+            groups.setdefault(key, []).append((name, paper_error, frame))
+    lines = []
+    for key, group in groups.items():
+        seeds = [seed_of(name) for name, _, _ in group]
+        if len(group) < 2 or seeds == [None] * len(seeds) or len(set(seeds)) < len(seeds):
+            continue
+        epoch = min(len(frame) for _, _, frame in group)
+        errors = [error_percent(frame, _test_accuracy_column(frame))[epoch - 1]
+                  if _test_accuracy_column(frame) else np.nan for _, _, frame in group]
+        config = TABLE1[key][0] if key in TABLE1 else CNN_LABELS[key][:1].upper() + CNN_LABELS[key][1:]
+        lines.append('| %s: %d seeds at epoch %d, mean ± std | %s | %s | – | %d | – | %s |'
+                     % (config, len(group), epoch, group[0][1], seed_spread(errors), epoch,
+                        ', '.join(name + '.csv' for name, _, _ in group)))
+    return lines
 
 
 def main(argv=None):

@@ -60,6 +60,38 @@ def test_results_table_columns_last_epoch_last_five_and_best_on_test(tmp_path):
     assert rows[4].startswith('| Baseline CNN | 0.39 | 0.42 | 0.39 ± 0.05 | 6 | 0.32 (epoch 3) |')
 
 
+def test_results_table_adds_the_mean_and_std_over_seeds_at_the_epoch_all_reached(tmp_path):
+    """Table 1's way: mean ± sample std over trials of the test error, here at epoch 2, the
+    last one every seed reached; one row for the group, after the per-log rows."""
+    import statistics
+    logs = {'r3_recon.csv': [0.990, 0.9960, 0.9970], 'r3_recon_seed1.csv': [0.991, 0.9950],
+            'r3_recon_seed2.csv': [0.992, 0.9972, 0.9990], 'r1_recon.csv': [0.99, 0.995]}
+    for name, accs in logs.items():
+        write_log(str(tmp_path / name), accs)
+    rows = utils.results_table([str(tmp_path / n) for n in logs]).splitlines()
+    assert len(rows) == 2 + 4 + 1  # header, 4 logs, one seed row (r1_recon has one seed)
+    at_epoch_2 = [100 * (1 - logs[n][1]) for n in list(logs)[:3]]  # 0.40, 0.50, 0.28
+    assert rows[-1] == ('| CapsNet, routing 3, reconstruction: 3 seeds at epoch 2, mean ± std | '
+                        '0.25 ± 0.005 | %.2f ± %.3f | – | 2 | – | r3_recon.csv, '
+                        'r3_recon_seed1.csv, r3_recon_seed2.csv |'
+                        % (statistics.mean(at_epoch_2), statistics.stdev(at_epoch_2)))
+    assert '| 0.39 ± 0.110 |' in rows[-1]  # by hand: mean 1.18 / 3, std of (0.007, 0.107, -0.113)
+
+
+@pytest.mark.parametrize('names', [('r3_recon.csv', 'capsnet_r3_recon_50ep.csv'),  # no seeds
+                                   ('r3_recon_seed1.csv', 'capsnet_r3_recon_seed1.csv')])  # twice
+def test_results_table_has_no_seed_row_without_distinct_seeds(tmp_path, names):
+    for name in names:
+        write_log(str(tmp_path / name), [0.99, 0.995])
+    rows = utils.results_table([str(tmp_path / n) for n in names]).splitlines()
+    assert len(rows) == 4 and 'seeds' not in rows[-1]
+
+
+def test_seed_spread_needs_two_finite_seeds():
+    assert utils.seed_spread([0.25, 0.26, 0.24]) == '0.25 ± 0.010'
+    assert utils.seed_spread([0.25]) == '–' and utils.seed_spread([0.25, float('nan')]) == '–'
+
+
 @pytest.mark.parametrize('bad', ['nan', 'inf', '-inf', '1e308', '-1e308'])
 def test_results_table_never_prints_nan_as_ours(tmp_path, bad):
     path = str(tmp_path / 'r3_recon.csv')

@@ -33,7 +33,7 @@ def _section(text, marker):
 def test_readme_figures_equal_an_independent_reading_of_the_logs():
     with open(os.path.join(ROOT, 'README.md')) as f:
         rows = [l for l in _section(f.read(), 'TABLE1-ROWS').splitlines()
-                if l.startswith('|') and 'CSV_data/table1/' in l]
+                if l.startswith('|') and l.count('CSV_data/table1/') == 1]
     assert len(rows) >= 7  # Table 1's six configurations and the pooled CNN
     for row in rows:
         name = re.search(r'CSV_data/table1/(\w+)\.csv', row).group(1)
@@ -49,6 +49,76 @@ def test_readme_figures_equal_an_independent_reading_of_the_logs():
             assert float(spread.group(2)) == pytest.approx(tail.std(ddof=1), abs=0.006), name
         else:
             assert spread is None, name
+
+
+def test_readme_seeds_row_equals_an_independent_reading_of_its_logs():
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        rows = [l for l in _section(f.read(), 'TABLE1-ROWS').splitlines()
+                if l.count('CSV_data/table1/') > 1]
+    assert len(rows) == 1  # routing 3 with reconstruction, 3 seeds
+    names = re.findall(r'CSV_data/table1/(\w+)\.csv', rows[0])
+    epoch, done, seeds = map(int, re.search(r'\| (\d+), (\d+) of (\d+) seeds \|', rows[0]).groups())
+    paths = [os.path.join(ROOT, 'CSV_data', 'table1', n + '.csv') for n in names]
+    at_epoch = [_errors(p)[epoch - 1] for p in paths if os.path.isfile(p) and len(_errors(p)) >= epoch]
+    assert seeds == len(names) == 3 and done == len(at_epoch) >= 1
+    listed = ', '.join('%.2f' % (100 - round(e, 2)) for e in at_epoch)
+    if done < seeds:
+        assert '%d of 3 seeds at epoch %d: %s %%' % (done, epoch, listed) in rows[0]
+    else:
+        mean = 100 - round(np.mean(at_epoch), 2)
+        assert '%.2f ± %.3f %%, 3 seeds at epoch %d (%s %%)' % (
+            mean, np.std(at_epoch, ddof=1), epoch, listed) in rows[0]
+
+
+def _seeds_tree(tmp_path, runs, cell='30, 0 of 3 seeds'):
+    """A README with one row over three seed logs; runs: accuracies per log (None: no log)."""
+    (tmp_path / 'CSV_data' / 'table1').mkdir(parents=True)
+    names = ['r3_recon', 'r3_recon_seed1', 'r3_recon_seed2']
+    for name, accuracies in zip(names, runs):
+        if accuracies is not None:
+            with open(tmp_path / 'CSV_data' / 'table1' / (name + '.csv'), 'w') as f:
+                f.write('epoch,val_capsnet_accuracy\n')
+                f.writelines('%d,%s\n' % (i, a) for i, a in enumerate(accuracies))
+    logs = ', '.join('`CSV_data/table1/%s.csv`' % n for n in names)
+    (tmp_path / 'README.md').write_text(
+        '<!-- TABLE1-ROWS -->\n| model | paper | ours | epochs | log |\n| --- | --- | --- | --- | --- |\n'
+        '| r3, 3 seeds | 99.75 ± 0.005 %% | x | %s | %s |\n<!-- /TABLE1-ROWS -->\n' % (cell, logs))
+    (tmp_path / 'CSV_data' / 'README.md').write_text('<!-- TABLE1-LOGS -->\n<!-- /TABLE1-LOGS -->\n')
+
+
+def _seeds_cells(tmp_path):
+    results_docs.refresh(str(tmp_path))
+    row = [l for l in (tmp_path / 'README.md').read_text().splitlines() if 'r3, 3 seeds' in l][0]
+    return [c.strip() for c in row.strip('|').split('|')][2:4]
+
+
+def test_seeds_row_lists_the_seeds_that_reached_the_epoch_until_all_did(tmp_path):
+    _seeds_tree(tmp_path, [[0.99, 0.9961, 0.997], [0.99], None], cell='2, 0 of 3 seeds')
+    assert _seeds_cells(tmp_path) == ['1 of 3 seeds at epoch 2: 99.61 % (the others still to run)',
+                                      '2, 1 of 3 seeds']
+
+
+def test_seeds_row_is_the_mean_and_sample_std_at_the_epoch_once_all_reached_it(tmp_path):
+    # errors at epoch 2: 0.40, 0.50, 0.28: mean 0.393 (99.61 %), std 0.110 (by hand)
+    _seeds_tree(tmp_path, [[0.99, 0.996, 0.997], [0.99, 0.995], [0.99, 0.9972]],
+                cell='2, 1 of 3 seeds')
+    assert _seeds_cells(tmp_path) == ['99.61 ± 0.110 %, 3 seeds at epoch 2 (99.60, 99.50, 99.72 %)',
+                                      '2, 3 of 3 seeds']
+
+
+def test_seeds_row_with_a_nan_seed_has_no_mean(tmp_path):
+    _seeds_tree(tmp_path, [[0.996], ['nan'], [0.997]], cell='1, 0 of 3 seeds')
+    ours, epochs = _seeds_cells(tmp_path)
+    assert ours.startswith('– (no test accuracy at epoch 1 in every seed') and '–' in ours[2:]
+    assert epochs == '1, 3 of 3 seeds'
+
+
+def test_seeds_row_with_a_bad_epochs_cell_is_one_error_line(tmp_path):
+    _seeds_tree(tmp_path, [[0.996], None, None], cell='30 of 30')
+    before = (tmp_path / 'README.md').read_text()
+    result = _cli(tmp_path)
+    assert result.returncode == 2 and "is not 'E, N of M seeds'" in result.stderr, result
+    assert (tmp_path / 'README.md').read_text() == before
 
 
 def _tree(tmp_path, accuracies, readme_row, logs_row):
