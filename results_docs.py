@@ -10,10 +10,11 @@ cell ('N of M') from that log. CSV_data/README.md, between <!-- TABLE1-LOGS --> 
 <!-- /TABLE1-LOGS -->: each row of `NAME.csv` gets its epochs, test error per epoch and epoch
 time cells. M, the planned epochs, is kept from the row; the other cells (paper figures,
 configurations, commands) are written by hand. A row whose log does not exist yet is left as
-it is. A README row naming several logs, one per seed, with the epochs cell 'E, N of M seeds',
-gets the mean ± std of the test accuracy over its seeds at epoch E (Table 1's way: mean and
-sample std over trials), or while some have not reached E, the figures of those that have. The figures are utils.results_table's: the log's validation accuracy (the test set
-for runs without --validation_split), rounded to 0.01 % before 100 - x.
+it is. A README row naming several logs, one per seed, with the epochs cell 'E, N of M
+seeds', gets the mean ± std of the test accuracy over its seeds at epoch E (Table 1's way:
+mean and sample std over trials), or while some have not reached E, the figures of those
+that have. The figures are utils.results_table's: the log's validation accuracy (the test
+set for runs without --validation_split), rounded to 0.01 % before 100 - x.
 """
 if __name__ == '__main__':  # before the imports below
     import safeio

@@ -537,7 +537,8 @@ def _seed_rows(rows):
         epoch = min(len(frame) for _, _, frame in group)
         errors = [error_percent(frame, _test_accuracy_column(frame))[epoch - 1]
                   if _test_accuracy_column(frame) else np.nan for _, _, frame in group]
-        config = TABLE1[key][0] if key in TABLE1 else CNN_LABELS[key][:1].upper() + CNN_LABELS[key][1:]
+        label = TABLE1[key][0] if key in TABLE1 else CNN_LABELS[key]
+        config = label[:1].upper() + label[1:]
         lines.append('| %s: %d seeds at epoch %d, mean ± std | %s | %s | – | %d | – | %s |'
                      % (config, len(group), epoch, group[0][1], seed_spread(errors), epoch,
                         ', '.join(name + '.csv' for name, _, _ in group)))

@@ -57,9 +57,11 @@ def test_readme_seeds_row_equals_an_independent_reading_of_its_logs():
                 if l.count('CSV_data/table1/') > 1]
     assert len(rows) == 1  # routing 3 with reconstruction, 3 seeds
     names = re.findall(r'CSV_data/table1/(\w+)\.csv', rows[0])
-    epoch, done, seeds = map(int, re.search(r'\| (\d+), (\d+) of (\d+) seeds \|', rows[0]).groups())
-    paths = [os.path.join(ROOT, 'CSV_data', 'table1', n + '.csv') for n in names]
-    at_epoch = [_errors(p)[epoch - 1] for p in paths if os.path.isfile(p) and len(_errors(p)) >= epoch]
+    cell = re.search(r'\| (\d+), (\d+) of (\d+) seeds \|', rows[0])
+    epoch, done, seeds = map(int, cell.groups())
+    runs = [_errors(os.path.join(ROOT, 'CSV_data', 'table1', n + '.csv')) for n in names
+            if os.path.isfile(os.path.join(ROOT, 'CSV_data', 'table1', n + '.csv'))]
+    at_epoch = [errors[epoch - 1] for errors in runs if len(errors) >= epoch]
     assert seeds == len(names) == 3 and done == len(at_epoch) >= 1
     listed = ', '.join('%.2f' % (100 - round(e, 2)) for e in at_epoch)
     if done < seeds:
