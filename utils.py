@@ -452,8 +452,13 @@ LAST_N = 5  # the epochs averaged in results_table's mean ± std
 def _summary(frame):
     """(last %, last-5 'mean ± std' %, best '%, epoch k', epochs) of a log's test error, as
     strings; '–' where there is no finite figure (a NaN epoch, no accuracy column)."""
+    return _summary_of_errors(_test_errors(frame))
+
+
+def _test_errors(frame):
+    """A log's test error in % [epochs]; all NaN when it has no accuracy column."""
     col = _test_accuracy_column(frame)
-    return _summary_of_errors(error_percent(frame, col) if col else np.full(len(frame), np.nan))
+    return error_percent(frame, col) if col else np.full(len(frame), np.nan)
 
 
 def _summary_of_errors(error):
@@ -535,8 +540,7 @@ def _seed_rows(rows):
         if len(group) < 2 or seeds == [None] * len(seeds) or len(set(seeds)) < len(seeds):
             continue
         epoch = min(len(frame) for _, _, frame in group)
-        errors = [error_percent(frame, _test_accuracy_column(frame))[epoch - 1]
-                  if _test_accuracy_column(frame) else np.nan for _, _, frame in group]
+        errors = [_test_errors(frame)[epoch - 1] for _, _, frame in group]
         label = TABLE1[key][0] if key in TABLE1 else CNN_LABELS[key]
         config = label[:1].upper() + label[1:]
         lines.append('| %s: %d seeds at epoch %d, mean ± std | %s | %s | – | %d | – | %s |'
