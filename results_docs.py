@@ -100,8 +100,9 @@ def render_seeds_row(cells, runs, where):
     listed = ', '.join(_accuracy(e) if e == e else '–' for e in done)  # NaN: '–'
     spread = utils.seed_spread(done)
     if len(done) < len(runs):
-        cells[2] = '%d of %d seeds at epoch %d%s (the others still to run)' % (
-            len(done), len(runs), epoch, (': %s %%' % listed) if done else '')
+        cells[2] = '%d of %d seeds at epoch %d%s (%d still to run)' % (
+            len(done), len(runs), epoch, (': %s %%' % listed) if done else '',
+            len(runs) - len(done))
     elif spread == '–':
         cells[2] = '– (no test accuracy at epoch %d in every seed: %s %%)' % (epoch, listed)
     else:

@@ -96,8 +96,11 @@ def _seeds_cells(tmp_path):
 
 def test_seeds_row_lists_the_seeds_that_reached_the_epoch_until_all_did(tmp_path):
     _seeds_tree(tmp_path, [[0.99, 0.9961, 0.997], [0.99], None], cell='2, 0 of 3 seeds')
-    assert _seeds_cells(tmp_path) == ['1 of 3 seeds at epoch 2: 99.61 % (the others still to run)',
+    assert _seeds_cells(tmp_path) == ['1 of 3 seeds at epoch 2: 99.61 % (2 still to run)',
                                       '2, 1 of 3 seeds']
+    _seeds_tree(tmp_path / 'b', [[0.99, 0.9961], [0.99, 0.995], [0.99]], cell='2, 1 of 3 seeds')
+    assert _seeds_cells(tmp_path / 'b') == ['2 of 3 seeds at epoch 2: 99.61, 99.50 % (1 still to run)',
+                                      '2, 2 of 3 seeds']
 
 
 def test_seeds_row_is_the_mean_and_sample_std_at_the_epoch_once_all_reached_it(tmp_path):
