@@ -99,8 +99,8 @@ def test_seeds_row_lists_the_seeds_that_reached_the_epoch_until_all_did(tmp_path
     assert _seeds_cells(tmp_path) == ['1 of 3 seeds at epoch 2: 99.61 % (2 still to run)',
                                       '2, 1 of 3 seeds']
     _seeds_tree(tmp_path / 'b', [[0.99, 0.9961], [0.99, 0.995], [0.99]], cell='2, 1 of 3 seeds')
-    assert _seeds_cells(tmp_path / 'b') == ['2 of 3 seeds at epoch 2: 99.61, 99.50 % (1 still to run)',
-                                      '2, 2 of 3 seeds']
+    assert _seeds_cells(tmp_path / 'b') == [
+        '2 of 3 seeds at epoch 2: 99.61, 99.50 % (1 still to run)', '2, 2 of 3 seeds']
 
 
 def test_seeds_row_is_the_mean_and_sample_std_at_the_epoch_once_all_reached_it(tmp_path):
